@@ -1,0 +1,209 @@
+"""The two Monte Carlo estimators of log p(x) = log E_{z~q} [p(x|z) p(z)/q(z)].
+
+prob_space (the textbook "Approach 1"):
+    p_hat = (1/N) sum_i p(x|z_i),  p(x|z_i) = prod_j p(x_j|z_i),  log_px = log p_hat
+    every step in the working dtype; it underflows to -inf once every term is
+    below the dtype's smallest subnormal.
+log_space:
+    log_px = logsumexp_i log p(x|z_i) - log N
+    stable, but biased low for finite N (Jensen): E[log p_hat] <= log p(x).
+
+Draws z are float64 from a seeded stream, made in fixed blocks so the chunk
+size never changes them, then cast to the working dtype. Replaying the same
+seed at float64 separates rounding error from Monte Carlo error.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .model import check_data, check_device
+from .numerics import LogSumExpState, dtype_name, parse_dtype
+
+BLOCK = 4096  # draws per seeded block: fixed, so results never depend on chunk_size
+FORMS = ("product", "exp")
+
+
+@dataclass
+class Estimate:
+    """Per-datapoint estimates of log p(x) and what happened on the way."""
+
+    estimator: str
+    dtype: str
+    n_samples: int
+    log_px: torch.Tensor  # float64 [B]; -inf where the estimate underflowed
+    n_zero_terms: torch.Tensor  # int64 [B]: terms p(x|z_i) that were exactly 0 in dtype
+    n_nonfinite_terms: torch.Tensor  # int64 [B]: NaN or +inf terms
+    ess: torch.Tensor  # float64 [B]: (sum w)^2 / sum w^2 of the weights, from float64 logs
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def underflowed(self) -> torch.Tensor:
+        return self.log_px == -math.inf
+
+    @property
+    def nonfinite(self) -> torch.Tensor:
+        return torch.isnan(self.log_px) | (self.log_px == math.inf)
+
+    @property
+    def term_underflow_rate(self) -> float:
+        return float(self.n_zero_terms.sum()) / (self.n_samples * len(self.log_px))
+
+
+def _block_generator(seed: int, block: int) -> torch.Generator:
+    state = np.random.SeedSequence([int(seed), int(block)]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def _std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+class Draws:
+    """Seeded float64 draws from the prior (or a proposal), in fixed blocks.
+
+    ``chunks(c)`` yields (z, log_correction): z [c, K] from the prior, or
+    [B, c, K] from a proposal with log p(z) - log q(z|x) [B, c] in float64.
+    """
+
+    def __init__(self, model, n: int, seed: int, proposal=None):
+        self.model, self.n, self.seed, self.proposal = model, n, seed, proposal
+        self._cache: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
+
+    def _block(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._cache is not None and self._cache[0] == b:
+            return self._cache[1], self._cache[2]
+        size = min(BLOCK, self.n - b * BLOCK)
+        g = _block_generator(self.seed, b)
+        if self.proposal is None:
+            z, corr = self.model.sample_prior(size, g), None
+        else:
+            z = self.proposal.sample(size, g)
+            log_prior = getattr(self.model, "log_prior", _std_normal_log_prob)
+            corr = log_prior(z) - self.proposal.log_prob(z)
+        self._cache = (b, z, corr)
+        return z, corr
+
+    def take(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        zs, cs = [], []
+        for b in range(start // BLOCK, (stop - 1) // BLOCK + 1):
+            z, c = self._block(b)
+            lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
+            zs.append(z[..., lo:hi, :])
+            cs.append(None if c is None else c[..., lo:hi])
+        z = torch.cat(zs, dim=-2)
+        return z, (None if cs[0] is None else torch.cat(cs, dim=-1))
+
+    def chunks(self, chunk_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        for start in range(0, self.n, chunk_size):
+            yield self.take(start, min(start + chunk_size, self.n))
+
+
+def draw(model, n_samples: int, *, seed: int = 0, proposal=None) -> torch.Tensor:
+    """The exact float64 draws an estimator with this seed uses (for replays)."""
+    return Draws(model, n_samples, seed, proposal).take(0, n_samples)[0]
+
+
+def _validate(model, x, n_samples, dtype, device, chunk_size):
+    dt = parse_dtype(dtype)
+    dev = check_device(device)
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples <= 0:
+        raise ValueError(f"n_samples={n_samples!r} is invalid; accepted: a positive integer")
+    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0):
+        raise ValueError(f"chunk_size={chunk_size!r} is invalid; accepted: None or a positive integer")
+    data_dim = getattr(model, "data_dim", None)
+    if data_dim is not None:
+        x = check_data(x, data_dim, binary=hasattr(model, "decoder"))
+    return x.to(dev), int(n_samples), dt, dev
+
+
+def _log_terms(model, x, z, corr, dtype, device) -> torch.Tensor:
+    """log p(x_b|z) (+ log p(z) - log q(z|x_b)) as [B, c] in dtype."""
+    if corr is None:
+        return model.log_likelihood(x, z.to(device), dtype)
+    rows = [model.log_likelihood(x[b:b + 1], z[b].to(device), dtype)[0] for b in range(len(x))]
+    return torch.stack(rows) + corr.to(device=device, dtype=dtype)
+
+
+def _prob_terms(model, x, z, corr, dtype, device, form) -> torch.Tensor:
+    """p(x_b|z) (* p(z)/q(z|x_b)) as [B, c] in dtype."""
+    if form == "exp":
+        return torch.exp(_log_terms(model, x, z, corr, dtype, device))
+    if corr is None:
+        return model.pixel_probs(x, z.to(device), dtype).prod(-1)
+    rows = [model.pixel_probs(x[b:b + 1], z[b].to(device), dtype)[0].prod(-1) for b in range(len(x))]
+    return torch.stack(rows) * torch.exp(corr).to(device=device, dtype=dtype)
+
+
+class _Diagnostics:
+    """Zero / non-finite term counts and the float64 ESS of the weights."""
+
+    def __init__(self, B: int, device):
+        self.zero = torch.zeros(B, dtype=torch.int64, device=device)
+        self.nonfinite = torch.zeros(B, dtype=torch.int64, device=device)
+        self.lse1 = LogSumExpState((B,), dtype=torch.float64, device=device)
+        self.lse2 = LogSumExpState((B,), dtype=torch.float64, device=device)
+
+    def add(self, terms: torch.Tensor, log_w: torch.Tensor) -> None:
+        self.zero += (terms == 0).sum(-1)
+        self.nonfinite += (torch.isnan(terms) | (terms == math.inf)).sum(-1)
+        lw = log_w.to(torch.float64)
+        lw = torch.where(torch.isnan(lw), -math.inf, lw)
+        self.lse1.update(lw)
+        self.lse2.update(2 * lw)
+
+    def ess(self) -> torch.Tensor:
+        ess = torch.exp(2 * self.lse1.result() - self.lse2.result())
+        return torch.nan_to_num(ess, nan=0.0).cpu()
+
+
+@torch.no_grad()
+def log_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype,
+              device: str | torch.device = "cpu", seed: int = 0, chunk_size: int | None = None,
+              accumulate_dtype: str | torch.dtype | None = None, proposal=None) -> Estimate:
+    """logsumexp_i log p(x|z_i) - log N, streamed over chunks of samples."""
+    x, n, dt, dev = _validate(model, x, n_samples, dtype, device, chunk_size)
+    acc = parse_dtype(accumulate_dtype, argument="accumulate_dtype") if accumulate_dtype else dt
+    chunk = chunk_size or (2048 if proposal is None else 256)
+    state = LogSumExpState((len(x),), dtype=acc, device=dev)
+    diag = _Diagnostics(len(x), dev)
+    for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
+        ll = _log_terms(model, x, z, corr, dt, dev)
+        state.update(ll)
+        diag.add(torch.exp(ll), ll)
+    log_px = state.result().to(torch.float64).cpu() - math.log(n)
+    return Estimate("log_space", dtype_name(dt), n, log_px, diag.zero.cpu(), diag.nonfinite.cpu(),
+                    diag.ess(), {"accumulate_dtype": dtype_name(acc), "seed": seed})
+
+
+@torch.no_grad()
+def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype,
+               device: str | torch.device = "cpu", seed: int = 0, chunk_size: int | None = None,
+               form: str = "product", proposal=None) -> Estimate:
+    """log of the sample mean of p(x|z_i), every step in the working dtype.
+
+    ``form="product"`` multiplies the D pixel probabilities (the textbook);
+    ``form="exp"`` exponentiates the summed log-likelihood instead.
+    """
+    if form not in FORMS:
+        raise ValueError(f"form={form!r} is not supported; accepted: {', '.join(FORMS)}")
+    x, n, dt, dev = _validate(model, x, n_samples, dtype, device, chunk_size)
+    if form == "product" and not hasattr(model, "pixel_probs"):
+        raise ValueError("form='product' needs a model with pixel_probs(x, z, dtype); "
+                         "accepted for this model: form='exp'")
+    B = len(x)
+    chunk = chunk_size or (max(1, 2**22 // (B * x.shape[1])) if form == "product" else 2048)
+    total = torch.zeros(B, dtype=dt, device=dev)
+    diag = _Diagnostics(B, dev)
+    for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
+        terms = _prob_terms(model, x, z, corr, dt, dev, form)
+        total += terms.sum(-1)
+        diag.add(terms, torch.log(terms.to(torch.float64)))
+    log_px = torch.log(total / n).to(torch.float64).cpu()
+    return Estimate("prob_space", dtype_name(dt), n, log_px, diag.zero.cpu(),
+                    diag.nonfinite.cpu(), diag.ess(), {"form": form, "seed": seed})

@@ -1,0 +1,300 @@
+"""Latent variable models: z ~ N(0, I_K), x | z ~ Bernoulli(decoder(z)) or Gaussian.
+
+The estimators need only the protocol below, so users can bring their own
+model. ``log_likelihood`` returns a [B, N] matrix of log p(x_b | z_n) computed
+in the working dtype, with the data-by-sample product done as one matrix
+multiply (no [B, N, D] tensor on the fast path).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.distributions.utils import clamp_probs
+
+from .numerics import parse_dtype
+
+OUTPUTS = ("logits", "probs")
+
+
+@runtime_checkable
+class LatentVariableModel(Protocol):
+    """What an estimator needs from a model."""
+
+    latent_dim: int
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n float64 prior draws, shape [n, latent_dim]."""
+        ...
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor,
+                       dtype: torch.dtype) -> torch.Tensor:
+        """log p(x_b | z_n) as a [B, N] tensor computed in ``dtype``."""
+        ...
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """Validate a device string; CUDA or MPS that is absent is a ValueError."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device={device!r} is not a device; accepted: cpu, cuda, cuda:N, mps") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available on this machine; "
+                         "accepted here: cpu")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device={device!r} requested but MPS is not available; accepted here: cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={device!r} is not supported; accepted: cpu, cuda, mps")
+    return dev
+
+
+def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.Tensor:
+    """Validate a data batch: shape [B, D] (or [D]), finite, and 0/1 when ``binary``."""
+    if not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(x)
+    if x.dim() == 1:
+        x = x[None]
+    if x.dim() != 2 or x.shape[1] != data_dim:
+        raise ValueError(f"x has shape {tuple(x.shape)}; accepted: [B, {data_dim}] or [{data_dim}]")
+    if x.shape[0] == 0:
+        raise ValueError("x has no rows; accepted: at least one datapoint")
+    xf = x.to(torch.float64)
+    if torch.isnan(xf).any():
+        raise ValueError(f"x contains NaN ({int(torch.isnan(xf).sum())} values); accepted: finite values")
+    if binary and not ((xf == 0) | (xf == 1)).all():
+        bad = xf[(xf != 0) & (xf != 1)][:3].tolist()
+        raise ValueError(f"x is not binary (values such as {bad}); accepted: 0 and 1 only")
+    return x
+
+
+class _DtypeCache:
+    """Per-(dtype, device) copies of a module, so casting happens once."""
+
+    def __init__(self, module: nn.Module):
+        self.module = module
+        self._copies: dict[tuple[torch.dtype, torch.device], nn.Module] = {}
+
+    def get(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
+        key = (dtype, device)
+        if key not in self._copies:
+            m = copy.deepcopy(self.module).to(device=device, dtype=dtype).eval()
+            for p in m.parameters():
+                p.requires_grad_(False)
+            self._copies[key] = m
+        return self._copies[key]
+
+    def clear(self) -> None:
+        self._copies.clear()
+
+
+class BernoulliLVM:
+    """z ~ N(0, I_K); x_j ~ Bernoulli(decoder(z)_j) over D binary pixels.
+
+    ``output="logits"``: log p(x|z) = x . l - sum_j softplus(l_j), one matmul.
+    ``output="probs"``: the decoder ends in a Sigmoid and the likelihood is
+    what ``torch.distributions.Bernoulli(probs=p).log_prob`` gives: p clamped
+    to [eps, 1-eps] of the working dtype, then x log p + (1-x) log(1-p). In
+    float16 p saturates at 1.0 for logits above ~7.6 and the clamp caps each
+    pixel's log-odds at ~6.9: a failure mode the suite measures.
+    """
+
+    def __init__(self, decoder: nn.Module, latent_dim: int, output: str = "logits",
+                 data_dim: int = 784):
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+        if not isinstance(latent_dim, int) or latent_dim <= 0:
+            raise ValueError(f"latent_dim={latent_dim!r} is invalid; accepted: a positive integer")
+        self.decoder = decoder
+        self.latent_dim = latent_dim
+        self.output = output
+        self.data_dim = data_dim
+        self._cache = _DtypeCache(decoder)
+        with torch.no_grad():
+            p = next(decoder.parameters(), None)
+            probe = torch.zeros(1, latent_dim, dtype=p.dtype if p is not None else torch.float32)
+            try:
+                width = decoder(probe).shape[-1]
+            except RuntimeError as e:
+                raise ValueError(f"decoder does not accept latent_dim={latent_dim} inputs: {e}") from e
+        if width != data_dim:
+            raise ValueError(f"decoder output width is {width}; accepted: data_dim={data_dim}")
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (z * z).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+
+    def fingerprint(self) -> str:
+        """sha256 of the architecture description and the decoder weights."""
+        h = hashlib.sha256(f"bernoulli|{self.output}|{self.latent_dim}|{self.decoder}".encode())
+        for name, t in self.decoder.state_dict().items():
+            h.update(name.encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def invalidate(self) -> None:
+        """Drop cached dtype copies (call after changing the decoder's weights)."""
+        self._cache.clear()
+
+    def decode(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Decoder output (logits or probs) for z [N, K], in ``dtype`` on z's device."""
+        dtype = parse_dtype(dtype)
+        return self._cache.get(dtype, z.device)(z.to(dtype))
+
+    def logits(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-pixel log-odds [N, D] in ``dtype`` (via clamped probs for a probs decoder)."""
+        out = self.decode(z, dtype)
+        if self.output == "logits":
+            return out
+        p = clamp_probs(out)
+        return torch.log(p) - torch.log1p(-p)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor,
+                       dtype: torch.dtype) -> torch.Tensor:
+        dtype = parse_dtype(dtype)
+        x = x.to(device=z.device, dtype=dtype)
+        out = self.decode(z, dtype)
+        if self.output == "logits":
+            return x @ out.T - nn.functional.softplus(out).sum(-1)
+        p = clamp_probs(out)
+        return x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
+
+    def pixel_log_probs(self, x: torch.Tensor, z: torch.Tensor,
+                        dtype: torch.dtype) -> torch.Tensor:
+        """log p(x_bj | z_n) per pixel, [B, N, D]: the slow textbook path."""
+        dtype = parse_dtype(dtype)
+        x = x.to(device=z.device, dtype=dtype)[:, None, :]
+        out = self.decode(z, dtype)[None]
+        if self.output == "logits":
+            return x * out - nn.functional.softplus(out)
+        p = clamp_probs(out)
+        return x * torch.log(p) + (1 - x) * torch.log1p(-p)
+
+    def pixel_probs(self, x: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """p(x_bj | z_n) per pixel, [B, N, D], in ``dtype``: what Approach 1 multiplies."""
+        dtype = parse_dtype(dtype)
+        x = x.to(device=z.device, dtype=dtype)[:, None, :]
+        out = self.decode(z, dtype)[None]
+        p = torch.sigmoid(out) if self.output == "logits" else out
+        return torch.where(x > 0.5, p, 1 - p)
+
+    def sample_x(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """n binary images drawn from the model (float32 0/1, [n, D])."""
+        z = self.sample_prior(n, generator)
+        p = torch.sigmoid(self.logits(z, torch.float64))
+        return torch.bernoulli(p, generator=generator).to(torch.float32)
+
+
+def seed_decoder(latent_dim: int = 2, hidden: int = 128, layers: int = 2,
+                 output: str = "probs", data_dim: int = 784, seed: int = 0) -> nn.Sequential:
+    """The textbook decoders, seeded.
+
+    Defaults give the "part 2" network Linear(K,128)-ELU-Linear(128,128)-ELU-
+    Linear(128,784)-Sigmoid; ``hidden=512, layers=3, output="logits"`` gives
+    the larger "part 4" network. ``layers`` counts hidden layers.
+    """
+    if output not in OUTPUTS:
+        raise ValueError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+    if layers < 1 or hidden < 1 or latent_dim < 1:
+        raise ValueError(f"latent_dim={latent_dim}, hidden={hidden}, layers={layers}: "
+                         "accepted: positive integers")
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        mods: list[nn.Module] = []
+        width = latent_dim
+        for _ in range(layers):
+            mods += [nn.Linear(width, hidden), nn.ELU()]
+            width = hidden
+        mods.append(nn.Linear(width, data_dim))
+        if output == "probs":
+            mods.append(nn.Sigmoid())
+        return nn.Sequential(*mods)
+    finally:
+        torch.random.set_rng_state(gen_state)
+
+
+class LinearGaussianLVM:
+    """x | z ~ N(W z + b, sigma^2 I): log p(x) is known exactly, at any K.
+
+    With small sigma its p(x|z) underflows float32 like the Bernoulli model,
+    so every estimator can be checked against an exact answer.
+    """
+
+    def __init__(self, W: torch.Tensor, b: torch.Tensor, sigma: float):
+        W = torch.as_tensor(W, dtype=torch.float64)
+        b = torch.as_tensor(b, dtype=torch.float64)
+        if W.dim() != 2 or b.shape != (W.shape[0],):
+            raise ValueError(f"W has shape {tuple(W.shape)} and b {tuple(b.shape)}; "
+                             "accepted: W [D, K] and b [D]")
+        if not sigma > 0:
+            raise ValueError(f"sigma={sigma!r}; accepted: a positive number")
+        self.W, self.b, self.sigma = W, b, float(sigma)
+        self.data_dim, self.latent_dim = W.shape
+
+    @classmethod
+    def random(cls, data_dim: int = 784, latent_dim: int = 2, sigma: float = 0.5,
+               scale: float = 1.0, seed: int = 0) -> LinearGaussianLVM:
+        """A seeded instance: W ~ N(0, scale^2 / D), b ~ N(0, 1)."""
+        g = torch.Generator().manual_seed(seed)
+        W = torch.randn(data_dim, latent_dim, generator=g, dtype=torch.float64)
+        b = torch.randn(data_dim, generator=g, dtype=torch.float64)
+        return cls(W * scale / math.sqrt(data_dim), b, sigma)
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (z * z).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(f"linear-gaussian|{self.sigma!r}".encode())
+        for t in (self.W, self.b):
+            h.update(t.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
+    def sample_x(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        z = self.sample_prior(n, generator)
+        noise = torch.randn(n, self.data_dim, generator=generator, dtype=torch.float64)
+        return z @ self.W.T + self.b + self.sigma * noise
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor,
+                       dtype: torch.dtype) -> torch.Tensor:
+        dtype = parse_dtype(dtype)
+        W, b = self.W.to(z.device, dtype), self.b.to(z.device, dtype)
+        x = x.to(z.device, dtype)
+        mu = z.to(dtype) @ W.T + b
+        sq = ((x[:, None, :] - mu[None]) ** 2).sum(-1)
+        var = torch.tensor(self.sigma**2, dtype=dtype, device=z.device)
+        const = -0.5 * self.data_dim * torch.log(2 * math.pi * var)
+        return const - sq / (2 * var)
+
+    def pixel_probs(self, x: torch.Tensor, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Per-pixel densities N(x_j; mu_j, sigma^2), [B, N, D] in ``dtype``."""
+        dtype = parse_dtype(dtype)
+        W, b = self.W.to(z.device, dtype), self.b.to(z.device, dtype)
+        mu = (z.to(dtype) @ W.T + b)[None]
+        d = (x.to(z.device, dtype)[:, None, :] - mu) / self.sigma
+        return torch.exp(-0.5 * d * d) / (self.sigma * math.sqrt(2 * math.pi))
+
+    def exact_log_marginal(self, x: torch.Tensor) -> torch.Tensor:
+        """log N(x; b, W W^T + sigma^2 I) in float64, via Woodbury (O(D K^2))."""
+        x = torch.as_tensor(x, dtype=torch.float64)
+        if x.dim() == 1:
+            x = x[None]
+        s2 = self.sigma**2
+        r = x - self.b
+        M = s2 * torch.eye(self.latent_dim, dtype=torch.float64) + self.W.T @ self.W
+        L = torch.linalg.cholesky(M)
+        logdet = (self.data_dim - self.latent_dim) * math.log(s2) + 2 * torch.log(torch.diagonal(L)).sum()
+        Wr = r @ self.W  # [B, K]
+        sol = torch.cholesky_solve(Wr.T, L).T
+        quad = ((r * r).sum(-1) - (Wr * sol).sum(-1)) / s2
+        return -0.5 * (self.data_dim * math.log(2 * math.pi) + logdet + quad)

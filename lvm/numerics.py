@@ -1,0 +1,144 @@
+"""Floating-point facts and a streaming, mergeable logsumexp.
+
+Everything the suite says about "underflow" rests on the numbers here: the
+smallest subnormal of each dtype (below it, exp(log p) is exactly 0) and the
+unit roundoff (the spacing of the working arithmetic).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+DTYPES: dict[str, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype, *, argument: str = "dtype") -> torch.dtype:
+    """Map a dtype name (or torch dtype) to a torch dtype, with a clear error."""
+    if isinstance(dtype, torch.dtype):
+        if dtype in DTYPES.values():
+            return dtype
+    elif isinstance(dtype, str):
+        key = dtype.removeprefix("torch.")
+        if key in DTYPES:
+            return DTYPES[key]
+    raise ValueError(f"{argument}={dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+@dataclass(frozen=True)
+class DtypeFacts:
+    """Range and precision of one floating-point format, in natural-log units."""
+
+    name: str
+    unit_roundoff: float
+    log_max: float
+    log_min_normal: float
+    log_min_subnormal: float
+
+    @property
+    def underflow_threshold(self) -> float:
+        """log p below which p rounds to 0 (give or take half a subnormal)."""
+        return self.log_min_subnormal
+
+
+def dtype_facts(dtype: str | torch.dtype) -> DtypeFacts:
+    """Unit roundoff and log of the largest, smallest normal and smallest subnormal."""
+    dt = parse_dtype(dtype)
+    fi = torch.finfo(dt)
+    return DtypeFacts(
+        name=dtype_name(dt),
+        unit_roundoff=fi.eps / 2,
+        log_max=math.log(fi.max),
+        log_min_normal=math.log(fi.tiny),
+        log_min_subnormal=math.log(fi.tiny * fi.eps),
+    )
+
+
+class LogSumExpState:
+    """Running logsumexp over a stream of chunks, mergeable across streams.
+
+    Keeps the running maximum ``m`` and ``s = sum_{i != argmax} exp(a_i - m)``
+    so the result is ``m + log1p(s)``: the form of Blanchard, Higham and Higham
+    (IMA J. Numer. Anal. 2021) that stays accurate when one term dominates.
+    The sum is held in ``accumulate_dtype`` (default: the input dtype), so a
+    float16 stream of 65,536 equal terms overflows exactly as float16 would.
+    """
+
+    def __init__(self, shape: tuple[int, ...], *, dtype: torch.dtype,
+                 device: torch.device | str = "cpu"):
+        self.dtype = dtype
+        self.m = torch.full(shape, -math.inf, dtype=dtype, device=device)
+        self.s = torch.zeros(shape, dtype=dtype, device=device)
+        self.posinf = torch.zeros(shape, dtype=torch.bool, device=device)
+        self.nan = torch.zeros(shape, dtype=torch.bool, device=device)
+
+    def update(self, a: torch.Tensor, dim: int = -1) -> LogSumExpState:
+        """Fold a chunk in, reducing over ``dim``."""
+        a = a.to(self.dtype)
+        if a.shape[dim] == 0:
+            return self
+        self.nan |= torch.isnan(a).any(dim)
+        self.posinf |= (a == math.inf).any(dim)
+        clean = torch.where(torch.isnan(a) | (a == math.inf), -math.inf, a)
+        m_c, idx = clean.max(dim, keepdim=True)
+        safe = torch.where(torch.isfinite(m_c), m_c, torch.zeros_like(m_c))
+        e = torch.exp(clean - safe)
+        e = e.scatter(dim, idx, torch.zeros_like(m_c))  # the max term itself is the "1"
+        s_c = e.sum(dim)
+        self._merge(m_c.squeeze(dim), torch.where(torch.isfinite(m_c.squeeze(dim)), s_c, 0))
+        return self
+
+    def merge(self, other: LogSumExpState) -> LogSumExpState:
+        """Combine with another state (e.g. from another worker or chunk range)."""
+        self.nan |= other.nan
+        self.posinf |= other.posinf
+        self._merge(other.m.to(self.dtype), other.s.to(self.dtype))
+        return self
+
+    def _merge(self, m2: torch.Tensor, s2: torch.Tensor) -> None:
+        m1, s1 = self.m, self.s
+        new_m = torch.maximum(m1, m2)
+        empty = new_m == -math.inf
+        safe = torch.where(empty, torch.zeros_like(new_m), new_m)
+        # The smaller side contributes (1 + s) * exp(m_small - m_big); the bigger keeps s.
+        first_big = m1 >= m2
+        small_m = torch.where(first_big, m2, m1)
+        small_s = torch.where(first_big, s2, s1)
+        big_s = torch.where(first_big, s1, s2)
+        small_has = small_m > -math.inf
+        add = torch.where(small_has, (1 + small_s) * torch.exp(small_m - safe), 0)
+        self.s = torch.where(empty, torch.zeros_like(s1), big_s + add)
+        self.m = new_m
+
+    def result(self) -> torch.Tensor:
+        """log of the sum so far; -inf if empty or all -inf, +inf / NaN as scipy does."""
+        out = self.m + torch.log1p(self.s)
+        out = torch.where(self.m == -math.inf, -math.inf, out)
+        out = torch.where(self.posinf, math.inf, out)
+        return torch.where(self.nan, math.nan, out)
+
+
+def logsumexp(a: torch.Tensor, dim: int = -1, *,
+              accumulate_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """log(sum(exp(a))) along ``dim`` with scipy.special.logsumexp's special values.
+
+    Empty -> -inf, all -inf -> -inf, any +inf -> +inf, any NaN -> NaN. With
+    ``accumulate_dtype`` the exponentials and their sum are formed in that dtype
+    (the remedy for float16 overflow past 65,504); the result is returned in it.
+    """
+    acc = accumulate_dtype or a.dtype
+    dim = dim % a.dim() if a.dim() else 0
+    shape = tuple(s for i, s in enumerate(a.shape) if i != dim)
+    state = LogSumExpState(shape, dtype=acc, device=a.device)
+    return state.update(a, dim).result()
