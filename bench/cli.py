@@ -1,0 +1,145 @@
+"""`lvm-bench` command line: run, report, compare, train, models.
+
+Exit codes: 0 success, 1 a regression (compare), 2 bad input, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-samples", "model": "model",
+              "parametrization": "parametrization", "device": "device"}
+
+
+class UsageError(Exception):
+    """Bad input: reported on stderr with exit code 2."""
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .sweep import run
+
+    overrides = list(args.set or [])
+    for axis, flag in AXIS_FLAGS.items():
+        value = getattr(args, axis)
+        if value is not None:
+            overrides.append(f"grid.{axis}={value}")
+    for key in ("seed", "repeats", "n_data", "dataset"):
+        value = getattr(args, key)
+        if value is not None:
+            overrides.append(f"run.{key}={value}")
+    config = load_config(args.config, overrides)
+    out = Path(args.out or Path("results") / config.run["name"])
+    cells, excluded = config.cells()
+    print(f"lvm-bench run: {len(cells)} cells ({len(excluded)} excluded, reasons in meta.json) -> {out}",
+          file=sys.stderr)
+    table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
+                cache_dir=args.cache_dir)
+    ok = (table["status"] == "ok").sum() if "status" in table else 0
+    print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok} skipped", file=sys.stderr)
+    if args.report:
+        from .report import write_report
+
+        path = write_report(out)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from lvm import train
+
+    train.train_main(args.names or None, out_dir=args.out, seed=args.seed, steps=args.steps,
+                     progress=not args.no_progress)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from lvm import zoo
+
+    for name in zoo.names():
+        print(name)
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    path = write_report(args.run, out=args.out)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import main as compare_main
+
+    return compare_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lvm-bench", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run a sweep into results/<run>/")
+    r.add_argument("--config", default="quick", help="built-in config name or TOML path (default: quick)")
+    r.add_argument("--out", help="run directory (default: results/<config run.name>)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    r.add_argument("--force", action="store_true", help="replace a run already in --out")
+    r.add_argument("--report", action="store_true", help="write the report when the run ends")
+    r.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                   help="override any config key; lists are comma-separated (repeatable)")
+    for axis, flag in AXIS_FLAGS.items():
+        r.add_argument(f"--{flag}", dest=axis, metavar="A,B,...", help=f"override grid.{axis}")
+    r.add_argument("--seed", type=int)
+    r.add_argument("--repeats", type=int)
+    r.add_argument("--n-data", dest="n_data", type=int)
+    r.add_argument("--dataset")
+    r.add_argument("--cache-dir", help="where models and ground truth are cached "
+                   "(default: $LVM_CACHE_DIR or ~/.cache/lvm-bench)")
+    r.add_argument("--no-progress", action="store_true")
+    r.set_defaults(func=_run)
+
+    rep = sub.add_parser("report", help="write tables, figures and findings for a run")
+    rep.add_argument("run", help="a run directory, e.g. results/baseline")
+    rep.add_argument("--out", help="report directory (default: the run directory)")
+    rep.set_defaults(func=_report)
+
+    c = sub.add_parser("compare", help="compare a run against a baseline; exit 1 on a regression")
+    c.add_argument("baseline")
+    c.add_argument("new")
+    c.add_argument("--k", type=float, default=4.0, help="standard errors that count as a change")
+    c.add_argument("--throughput-factor", type=float, default=1.25,
+                   help="slow-down factor that counts as a throughput regression")
+    c.add_argument("--format", choices=("table", "markdown", "json"), default="table")
+    c.add_argument("--output", help="also write the report to this file")
+    c.set_defaults(func=_compare)
+
+    t = sub.add_parser("train", help="train named decoders into a checkpoint directory")
+    t.add_argument("names", nargs="*", help="model names (default: all trainable)")
+    t.add_argument("--out", help="checkpoint directory (default: the model cache)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--steps", type=int, help="override the recipe's step count")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=_train)
+
+    m = sub.add_parser("models", help="list the named models")
+    m.set_defaults(func=_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are saved: continue with --resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, PermissionError) as e:
+        print(f"lvm-bench {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Sweep configuration: TOML schema, validation, command-line overrides, grid expansion.
+
+The grid is declared as data, like asv's ``params``/``param_names``: every
+axis is a list, the cells are their product, minus what ``[limits]`` and the
+estimator registry exclude (each exclusion is kept with its reason).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from lvm.numerics import DTYPES
+
+PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device")
+
+# Estimator variants, as levels of the `estimator` axis. acc32 only exists where
+# it differs from plain log space: below float32.
+ESTIMATORS = {
+    "prob_space": {"space": "prob", "form": "product", "accumulate": None},
+    "prob_space_exp": {"space": "prob", "form": "exp", "accumulate": None},
+    "log_space": {"space": "log", "form": None, "accumulate": None},
+    "log_space_acc32": {"space": "log", "form": None, "accumulate": "float32"},
+}
+PARAMETRIZATIONS = ("logits", "probs")
+DEVICES = ("cpu", "cuda", "mps")
+MODEL_RE = re.compile(r"^(?P<state>[a-z][a-z0-9-]*?)-k(?P<k>\d+)$")
+
+SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "run": {"name": str, "seed": int, "dataset": str, "split": str, "n_data": int, "repeats": int,
+            "warmup": int, "reference": str, "reference_samples": int},
+    "grid": {k: list for k in PARAM_NAMES},
+    "limits": {"max_n_samples": dict},
+}
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
+            "repeats": 5, "warmup": 1, "reference": "auto", "reference_samples": 20000},
+    "grid": {},
+    "limits": {"max_n_samples": {}},
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot be run; the message says what and what is accepted."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point. ``key`` is stable and names its files."""
+
+    estimator: str
+    dtype: str
+    n_samples: int
+    model: str
+    parametrization: str
+    device: str
+
+    @property
+    def key(self) -> str:
+        return "__".join(str(getattr(self, p)) for p in PARAM_NAMES)
+
+    def coords(self) -> dict[str, Any]:
+        m = MODEL_RE.match(self.model)
+        info = ESTIMATORS[self.estimator]
+        return {**{p: getattr(self, p) for p in PARAM_NAMES},
+                "state": m["state"] if m else self.model,
+                "latent_dim": int(m["k"]) if m else None,
+                "space": info["space"], "form": info["form"],
+                "accumulate_dtype": info["accumulate"] or self.dtype}
+
+
+@dataclass
+class Config:
+    data: dict[str, dict[str, Any]]
+    source: str
+
+    @property
+    def run(self) -> dict[str, Any]:
+        return self.data["run"]
+
+    @property
+    def grid(self) -> dict[str, list]:
+        return self.data["grid"]
+
+    def cells(self) -> tuple[list[Cell], list[dict[str, str]]]:
+        """The cells to run, in grid order, and the excluded ones with their reason."""
+        cells, excluded = [], []
+        caps = self.data["limits"]["max_n_samples"]
+        for combo in itertools.product(*(self.grid[p] for p in PARAM_NAMES)):
+            cell = Cell(*combo)
+            reason = None
+            if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
+                reason = "float32 accumulation only differs from log_space below float32"
+            elif cell.dtype in caps and cell.n_samples > caps[cell.dtype]:
+                reason = f"limits.max_n_samples.{cell.dtype} = {caps[cell.dtype]}"
+            if reason:
+                excluded.append({"cell": cell.key, "reason": reason})
+            else:
+                cells.append(cell)
+        return cells, excluded
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(self.data)
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def builtin_configs() -> list[str]:
+    return sorted(p.name.removesuffix(".toml")
+                  for p in resources.files("bench").joinpath("configs").iterdir()
+                  if p.name.endswith(".toml"))
+
+
+def _read(name_or_path: str) -> tuple[dict, str]:
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        if name_or_path not in builtin_configs():
+            raise ConfigError(f"--config {name_or_path!r}: no such file or built-in config; "
+                              f"accepted: a TOML path or one of {', '.join(builtin_configs())}")
+        text = resources.files("bench").joinpath("configs", f"{name_or_path}.toml").read_text()
+        source = f"builtin:{name_or_path}"
+    else:
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise ConfigError(f"--config {name_or_path!r}: cannot read ({e.strerror})") from e
+        source = str(path)
+    try:
+        return tomllib.loads(text), source
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"--config {source}: malformed TOML: {e}") from e
+
+
+def _parse_value(raw: str, kind) -> Any:
+    if kind is list:
+        return [_scalar(v.strip()) for v in raw.split(",") if v.strip()]
+    if kind is dict:
+        out = {}
+        for part in raw.split(","):
+            k, _, v = part.partition(":")
+            out[k.strip()] = _scalar(v.strip())
+        return out
+    return _scalar(raw)
+
+
+def _scalar(raw: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply ``section.key=value`` (lists comma-separated) to a raw config dict."""
+    key, eq, raw = assignment.partition("=")
+    if not eq:
+        raise ConfigError(f"--set {assignment!r}: accepted form: section.key=value")
+    section, dot, name = key.strip().partition(".")
+    if not dot:  # a bare axis or run key
+        name = section
+        section = "grid" if name in SCHEMA["grid"] else "run" if name in SCHEMA["run"] else ""
+    if section not in SCHEMA:
+        raise ConfigError(f"--set {assignment!r}: unknown section {section or key!r}"
+                          f"{_suggest(section or key, SCHEMA)}; accepted: {', '.join(SCHEMA)}")
+    if name not in SCHEMA[section]:
+        raise ConfigError(f"--set {assignment!r}: unknown key {section}.{name}"
+                          f"{_suggest(name, SCHEMA[section])}; accepted: "
+                          f"{', '.join(f'{section}.{k}' for k in SCHEMA[section])}")
+    data.setdefault(section, {})[name] = _parse_value(raw, SCHEMA[section][name])
+
+
+def load_config(name_or_path: str = "quick", overrides: list[str] | None = None) -> Config:
+    """Read a built-in or file config, apply overrides, validate."""
+    raw, source = _read(name_or_path)
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return validate(raw, source)
+
+
+def validate(raw: dict, source: str = "<dict>") -> Config:
+    for section, body in raw.items():
+        if section not in SCHEMA:
+            raise ConfigError(f"{source}: unknown section [{section}]{_suggest(section, SCHEMA)}; "
+                              f"accepted: {', '.join(SCHEMA)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+        for key, value in body.items():
+            if key not in SCHEMA[section]:
+                raise ConfigError(f"{source}: unknown key {section}.{key}"
+                                  f"{_suggest(key, SCHEMA[section])}; accepted: "
+                                  f"{', '.join(SCHEMA[section])}")
+            kind = SCHEMA[section][key]
+            if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+                raise ConfigError(f"{source}: {section}.{key} = {value!r} has the wrong type; "
+                                  f"accepted: {kind.__name__}")
+    data = copy.deepcopy(DEFAULTS)
+    for section, body in raw.items():
+        data[section].update(body)
+    missing = [p for p in PARAM_NAMES if p not in data["grid"]]
+    if missing:
+        raise ConfigError(f"{source}: [grid] lacks {', '.join(missing)}; every axis needs a list")
+    _check_axes(data, source)
+    return Config(data, source)
+
+
+def _check_axes(data: dict, source: str) -> None:
+    from lvm.data import DATASETS
+
+    grid, run = data["grid"], data["run"]
+    accepted = {"estimator": ESTIMATORS, "dtype": DTYPES, "parametrization": PARAMETRIZATIONS,
+                "device": DEVICES}
+    for axis, options in accepted.items():
+        for v in grid[axis]:
+            if v not in options:
+                raise ConfigError(f"{source}: grid.{axis} value {v!r} is unknown{_suggest(str(v), options)}; "
+                                  f"accepted: {', '.join(options)}")
+    for n in grid["n_samples"]:
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ConfigError(f"{source}: grid.n_samples value {n!r} is invalid; accepted: positive integers")
+    for m in grid["model"]:
+        if not isinstance(m, str) or not MODEL_RE.match(m):
+            raise ConfigError(f"{source}: grid.model value {m!r} is invalid; accepted: names like "
+                              "'untrained-k2', 'prior-iwae-k2', 'jensen-k2' (see `lvm-bench models`)")
+    for axis in PARAM_NAMES:
+        if not grid[axis]:
+            raise ConfigError(f"{source}: grid.{axis} is empty; accepted: a non-empty list")
+        if len(set(map(str, grid[axis]))) != len(grid[axis]):
+            raise ConfigError(f"{source}: grid.{axis} = {grid[axis]} repeats a value")
+    if run["dataset"] not in DATASETS or run["dataset"] == "synthetic":
+        raise ConfigError(f"{source}: run.dataset = {run['dataset']!r} is not supported by the sweep; "
+                          "accepted: mnist-5k, mnist")
+    for key in ("n_data", "repeats", "reference_samples"):
+        if run[key] <= 0:
+            raise ConfigError(f"{source}: run.{key} = {run[key]} is invalid; accepted: a positive integer")
+    if run["repeats"] < 2:
+        raise ConfigError(f"{source}: run.repeats = {run['repeats']}; accepted: at least 2 "
+                          "(variance and standard errors need repeats)")
+    if run["warmup"] < 0:
+        raise ConfigError(f"{source}: run.warmup = {run['warmup']}; accepted: 0 or more")
+    if run["reference"] not in ("auto", "quadrature", "importance"):
+        raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
+                          "accepted: auto, quadrature, importance")
+    for dt, cap in data["limits"]["max_n_samples"].items():
+        if dt not in DTYPES or not isinstance(cap, int) or cap <= 0:
+            raise ConfigError(f"{source}: limits.max_n_samples.{dt} = {cap!r}; accepted: "
+                              f"a dtype ({', '.join(DTYPES)}) mapped to a positive integer")

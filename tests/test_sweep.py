@@ -1,0 +1,189 @@
+"""The sweep end to end: a tiny grid, resume after a kill, determinism, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.sweep import TIMING_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+[run]
+name = "tiny"
+seed = 3
+n_data = 6
+repeats = 3
+warmup = 0
+reference = "importance"
+reference_samples = 2000
+
+[grid]
+estimator = ["prob_space", "log_space", "log_space_acc32"]
+dtype = ["bfloat16", "float32", "float64"]
+n_samples = [1, 10, 100]
+model = ["untrained-k2"]
+parametrization = ["logits", "probs"]
+device = ["cpu", "cuda"]
+"""
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("lvm-cache"))
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    p = tmp_path / "tiny.toml"
+    p.write_text(TINY)
+    return p
+
+
+def _cli(*args: str, cache: str) -> int:
+    return main(["run", *args, "--cache-dir", cache, "--no-progress"])
+
+
+def _numbers(table: pd.DataFrame) -> pd.DataFrame:
+    """The table without timings and memory: what must be identical between runs."""
+    return table.drop(columns=[c for c in (*TIMING_COLUMNS, "time_runs") if c in table])
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, cache_dir) -> Path:
+    d = tmp_path_factory.mktemp("runs")
+    cfg = d / "tiny.toml"
+    cfg.write_text(TINY)
+    out = d / "ref"
+    assert _cli("--config", str(cfg), "--out", str(out), cache=cache_dir) == 0
+    return out
+
+
+def test_tiny_run_writes_tidy_tables(reference_run):
+    cells = pd.read_csv(reference_run / "cells.csv")
+    meta = json.loads((reference_run / "meta.json").read_text())
+    raw = pd.read_parquet(reference_run / "raw.parquet")
+    # 3 estimators x 3 dtypes x 3 N x 2 parametrizations x 2 devices, minus acc32 at f32/f64
+    assert len(cells) == (3 * 3 - 2) * 3 * 2 * 2
+    ok = cells[cells.status == "ok"]
+    skipped = cells[cells.status == "skipped"]
+    assert set(ok.device) == {"cpu"}
+    if not __import__("torch").cuda.is_available():
+        assert len(skipped) == len(ok) and skipped.reason.str.contains("CUDA").all()
+    assert list(cells.columns[:6]) == ["estimator", "dtype", "n_samples", "model",
+                                       "parametrization", "device"]
+    assert len(raw) == len(ok) * 6 * 3
+    assert meta["status"] == "complete"
+    assert meta["environment"]["versions"]["torch"]
+    assert meta["dataset"]["sha256"]
+    assert "untrained-k2/logits" in meta["models"]
+    # probability space underflows float32 on real digits (log p(x|z) ~ -543 for an untrained net)
+    f32 = ok[(ok.estimator == "prob_space") & (ok.dtype == "float32")]
+    assert (f32.underflow_rate == 1.0).all()
+    assert (ok[ok.space == "log"].underflow_rate == 0).all()
+    # ... but not at float64: the untrained decoder keeps p(x|z) above 1e-323
+    f64 = ok[(ok.estimator == "prob_space") & (ok.dtype == "float64")]
+    assert (f64.underflow_rate == 0).all()
+    assert (ok.underflow_ci_low <= ok.underflow_rate).all()
+    assert (ok.underflow_rate <= ok.underflow_ci_high).all()
+
+
+def test_raw_rows_agree_with_cells(reference_run):
+    cells = pd.read_csv(reference_run / "cells.csv")
+    raw = pd.read_parquet(reference_run / "raw.parquet")
+    keys = ["estimator", "dtype", "n_samples", "model", "parametrization", "device"]
+    for _, row in cells[cells.status == "ok"].iterrows():
+        sel = raw
+        for k in keys:
+            sel = sel[sel[k] == row[k]]
+        assert np.isneginf(sel.estimate).mean() == pytest.approx(row.underflow_rate)
+        fin = np.isfinite(sel.estimate)
+        if fin.any():
+            rms = np.sqrt(((sel.estimate - sel.truth)[fin] ** 2).mean())
+            assert rms == pytest.approx(row.rmse, rel=1e-9)
+
+
+def test_same_seed_same_numbers(reference_run, tmp_path, tiny, cache_dir):
+    out = tmp_path / "again"
+    assert _cli("--config", str(tiny), "--out", str(out), cache=cache_dir) == 0
+    a = _numbers(pd.read_csv(reference_run / "cells.csv"))
+    b = _numbers(pd.read_csv(out / "cells.csv"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_kill_and_resume_gives_the_same_table(reference_run, tmp_path, tiny, cache_dir):
+    out = tmp_path / "killed"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.cli", "run", "--config", str(tiny), "--out", str(out),
+         "--cache-dir", cache_dir, "--no-progress"], cwd=ROOT, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        parts = list((out / "parts").glob("*.json")) if (out / "parts").exists() else []
+        if len(parts) >= 10 or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    n_before = len(list((out / "parts").glob("*.json")))
+    assert 0 < n_before < 42, "the kill should land mid-run"
+    # a plain re-run refuses to overwrite; --resume continues
+    assert _cli("--config", str(tiny), "--out", str(out), cache=cache_dir) == 2
+    assert len(list((out / "parts").glob("*.json"))) == n_before
+    assert _cli("--config", str(tiny), "--out", str(out), "--resume", cache=cache_dir) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["status"] == "complete" and len(meta["segments"]) == 2
+    a = _numbers(pd.read_csv(reference_run / "cells.csv"))
+    b = _numbers(pd.read_csv(out / "cells.csv"))
+    pd.testing.assert_frame_equal(a, b)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dtype", "float8"], "grid.dtype value 'float8' is unknown"),
+    (["--n-samples", "0,10"], "grid.n_samples value 0 is invalid"),
+    (["--set", "run.repeat=3"], "did you mean 'repeats'"),
+    (["--set", "grid.dtypes=float32"], "did you mean 'dtype'"),
+    (["--estimator", "log_spac"], "did you mean 'log_space'"),
+    (["--model", "untrained"], "grid.model value 'untrained' is invalid"),
+    (["--config", "nope"], "no such file or built-in config"),
+])
+def test_bad_input_exits_2(args, message, tmp_path, capsys, cache_dir):
+    assert _cli(*args, "--out", str(tmp_path / "x"), cache=cache_dir) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_malformed_toml_and_unknown_section(tmp_path, capsys, cache_dir):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[run\nseed = 1")
+    assert _cli("--config", str(bad), "--out", str(tmp_path / "o"), cache=cache_dir) == 2
+    assert "malformed TOML" in capsys.readouterr().err
+    bad.write_text(TINY + "\n[grids]\nx = 1\n")
+    assert _cli("--config", str(bad), "--out", str(tmp_path / "o"), cache=cache_dir) == 2
+    assert "did you mean 'grid'" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(reference_run, capsys, tiny, cache_dir):
+    before = (reference_run / "cells.csv").read_bytes()
+    assert _cli("--config", str(tiny), "--out", str(reference_run), cache=cache_dir) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (reference_run / "cells.csv").read_bytes() == before
+
+
+def test_resume_with_another_config_is_refused(reference_run, tmp_path, capsys, cache_dir):
+    other = tmp_path / "other.toml"
+    other.write_text(TINY.replace("seed = 3", "seed = 4"))
+    assert _cli("--config", str(other), "--out", str(reference_run), "--resume", cache=cache_dir) == 2
+    assert "config differs" in capsys.readouterr().err
