@@ -22,7 +22,7 @@ def _run(args: argparse.Namespace) -> int:
     from .sweep import run
 
     overrides = list(args.set or [])
-    for axis, flag in AXIS_FLAGS.items():
+    for axis in AXIS_FLAGS:
         value = getattr(args, axis)
         if value is not None:
             overrides.append(f"grid.{axis}={value}")

@@ -139,6 +139,25 @@ class BernoulliLVM:
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
 
+    def with_output(self, output: str) -> BernoulliLVM:
+        """The same network with the other likelihood parametrization.
+
+        logits -> probs appends a Sigmoid (the textbook's decoder); probs ->
+        logits drops a final Sigmoid. The weights are shared, not copied.
+        """
+        if output == self.output:
+            return self
+        if output not in OUTPUTS:
+            raise ValueError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+        if output == "probs":
+            return BernoulliLVM(nn.Sequential(self.decoder, nn.Sigmoid()), self.latent_dim,
+                                "probs", self.data_dim)
+        layers = list(self.decoder.children()) if isinstance(self.decoder, nn.Sequential) else []
+        if not layers or not isinstance(layers[-1], nn.Sigmoid):
+            raise ValueError("output='logits' needs a probs decoder that ends in nn.Sigmoid; "
+                             f"this decoder ends in {type(layers[-1]).__name__ if layers else 'unknown'}")
+        return BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim)
+
     def invalidate(self) -> None:
         """Drop cached dtype copies (call after changing the decoder's weights)."""
         self._cache.clear()
