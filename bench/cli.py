@@ -35,16 +35,27 @@ def _run(args: argparse.Namespace) -> int:
     cells, excluded = config.cells()
     print(f"lvm-bench run: {len(cells)} cells ({len(excluded)} excluded, reasons in meta.json) -> {out}",
           file=sys.stderr)
-    table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
-                cache_dir=args.cache_dir)
-    ok = (table["status"] == "ok").sum() if "status" in table else 0
-    print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok} skipped", file=sys.stderr)
+    from .executors import make_executor
+
+    executor = make_executor(args.executor, args.scheduler, args.workers)
+    try:
+        table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
+                    cache_dir=args.cache_dir, executor=executor)
+    finally:
+        getattr(executor, "close", lambda: None)()
+    failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
+    for r in failed.to_dict("records"):
+        print(f"FAILED {r['estimator']} {r['dtype']} N={r['n_samples']} {r['model']} "
+              f"{r['parametrization']} {r['device']}: {r['reason']}", file=sys.stderr)
+    ok = int((table["status"] == "ok").sum()) if "status" in table else 0
+    print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok - len(failed)} skipped, "
+          f"{len(failed)} failed", file=sys.stderr)
     if args.report:
         from .report import write_report
 
         path = write_report(out)
         print(f"wrote {path}", file=sys.stderr)
-    return 0
+    return 1 if len(failed) else 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -97,6 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dataset")
     r.add_argument("--cache-dir", help="where models and ground truth are cached "
                    "(default: $LVM_CACHE_DIR or ~/.cache/lvm-bench)")
+    r.add_argument("--executor", default="local", choices=("local", "dask"),
+                   help="local: in-process, one cell at a time (default); dask: a dask.distributed cluster")
+    r.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="with --executor dask: an existing scheduler (default: start a LocalCluster)")
+    r.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes (default 2)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_run)
 

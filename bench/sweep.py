@@ -26,7 +26,7 @@ from lvm.data import load as load_data
 from lvm.numerics import dtype_facts, parse_dtype
 
 from . import environment
-from .config import ESTIMATORS, Cell, Config
+from .config import ESTIMATORS, PARAM_NAMES, Cell, Config
 from .metrics import summarize
 from .store import RunError, RunStore, atomic_write
 from .timing import Measurement, PeakMemory, matmul_peak_gflops, timed
@@ -204,9 +204,14 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
         if meta.get("config") != config.to_dict():
             raise RunError(f"--resume: the config differs from the one {store.root} was started with; "
                            "resume with the same config or start a new --out")
+    if executor is None:
+        from .executors import LocalExecutor
+
+        executor = LocalExecutor()
+    reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
     done = store.done()
-    skipped = [skipped_row(c, r, config.run) for c in cells if (r := device_skip_reason(c.device))]
-    skip_keys = {c.key for c in cells if device_skip_reason(c.device)}
+    skipped = [skipped_row(c, reasons[c.device], config.run) for c in cells if reasons[c.device]]
+    skip_keys = {c.key for c in cells if reasons[c.device]}
     todo = [c for c in cells if c.key not in done and c.key not in skip_keys]
     ctx = Context(config, cache_dir=cache_dir)
     meta.update({
@@ -223,38 +228,32 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"]))
     meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo)})
     store.write_meta(meta)
+    t0 = time.perf_counter()
     if not (store.root / "loglik.csv.gz").exists():
         ll = pd.concat([ctx.loglik_sample(m) for m in config.grid["model"]], ignore_index=True)
         atomic_write(store.root / "loglik.csv.gz", lambda p: ll.to_csv(p, index=False, compression="gzip"))
-    t0 = time.perf_counter()
-    runner = executor or LocalExecutor()
+    for name in config.grid["model"]:  # ground truth first, once, before any cell is timed
+        ctx.truth(name)
+    meta["executor"] = executor.name
+    failed: list[dict] = getattr(executor, "failed", [])
     try:
-        for key, row, raw in runner.map(ctx, todo, progress=progress):
+        for key, row, raw in executor.map(ctx, todo, progress=progress):
             store.write_part(key, row, raw)
     finally:
+        failed_rows = [{k: v for k, v in f.items() if k != "traceback"} for f in failed]
+        table = store.write_tables(order, skipped + failed_rows)
         meta["segments"][-1].update({"ended": _now(), "seconds": round(time.perf_counter() - t0, 1)})
         meta["truth"] = {k: {kk: v[kk] for kk in ("method", "seconds", "meta")}
                          | {"se_max": float(np.max(v["se"]))} for k, v in ctx._truth.items()}
         meta.setdefault("models", {}).update(ctx.model_identity())
         complete = store.done() >= set(order) - skip_keys
-        meta["status"] = "complete" if complete else "interrupted"
+        meta["status"] = "complete" if complete else "failed" if failed else "interrupted"
+        meta["failed_cells"] = failed
+        ran = table[table["status"] == "ok"] if "status" in table else table.iloc[:0]
+        meta["placement"] = {Cell(*(r[p] for p in PARAM_NAMES)).key:
+                             {"host": r.get("host"), "worker": r.get("worker"), "device": r["device"]}
+                             for r in ran.to_dict("records")}
         meta["ended"] = _now()
         meta["wall_seconds"] = round(sum(s.get("seconds", 0) for s in meta["segments"]), 1)
         store.write_meta(meta)
-        table = store.write_tables(order, skipped)
     return table
-
-
-class LocalExecutor:
-    """In-process, one cell at a time: keeps timings clean."""
-
-    def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
-        for cell in bar:
-            bar.set_postfix_str(f"{cell.estimator} {cell.dtype} N={cell.n_samples} {cell.model}",
-                                refresh=False)
-            row, raw = run_cell(ctx, cell)
-            yield cell.key, row, raw
-

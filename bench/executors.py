@@ -1,0 +1,168 @@
+"""Where cells run: in this process, or on a dask.distributed cluster.
+
+An executor's ``map(ctx, cells)`` yields ``(key, row, raw)`` as cells finish,
+in any order; the client alone writes the run directory, so resume and the
+final tables are the same whichever executor ran the cells.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import traceback
+
+from .config import Cell, Config
+from .sweep import Context, device_skip_reason, run_cell
+
+INSTALL_HINT = ("--executor dask needs the optional extra: pip install 'lvm-bench[dask]' "
+                "(dask and distributed)")
+
+
+class LocalExecutor:
+    """In-process, one cell at a time: keeps timings clean."""
+
+    name = "local"
+
+    def __init__(self):
+        self.failed: list[dict] = []
+
+    @staticmethod
+    def skip_reason(device: str) -> str | None:
+        return device_skip_reason(device)
+
+    def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+        for cell in bar:
+            bar.set_postfix_str(f"{cell.estimator} {cell.dtype} N={cell.n_samples} {cell.model}",
+                                refresh=False)
+            try:
+                row, raw = run_cell(ctx, cell)
+            except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                self.failed.append(failed_row(cell, e))
+                continue
+            row["worker"] = "local"
+            yield cell.key, row, raw
+
+
+# One Context per worker process and config, built on first use.
+_CONTEXTS: dict[tuple, Context] = {}
+
+
+def remote_cell(config_data: dict, source: str, cell: tuple, cache_dir: str | None):
+    """Run one cell on a dask worker: a pure function of (config, cell)."""
+    import torch
+
+    torch.set_num_threads(1)  # one timed cell per worker process, one thread: clean timings
+    key = (repr(config_data), cache_dir)
+    if key not in _CONTEXTS:
+        _CONTEXTS[key] = Context(Config(config_data, source), cache_dir=cache_dir)
+    c = Cell(*cell)
+    row, raw = run_cell(_CONTEXTS[key], c)
+    try:
+        from distributed import get_worker
+
+        row["worker"] = get_worker().address
+    except (ImportError, ValueError):
+        row["worker"] = f"{platform.node()}:{os.getpid()}"
+    return c.key, row, raw
+
+
+class DaskExecutor:
+    """Cells as dask tasks: retried on a lost worker, GPU cells only on GPU workers.
+
+    ``scheduler=None`` starts a LocalCluster on the loopback interface with
+    ``n_workers`` single-threaded worker processes.
+    """
+
+    name = "dask"
+
+    def __init__(self, scheduler: str | None = None, *, n_workers: int = 2, retries: int = 2):
+        try:
+            import distributed  # noqa: F401
+        except ImportError as e:
+            raise ValueError(INSTALL_HINT) from e
+        self.scheduler, self.n_workers, self.retries = scheduler, n_workers, retries
+        self.failed: list[dict] = []
+        self._conn = None
+
+    def _connect(self):
+        if self._conn is None:
+            self._conn = self._client()
+        return self._conn[0]
+
+    def skip_reason(self, device: str) -> str | None:
+        """GPU cells run only where a worker declares a GPU resource (``--resources GPU=1``)."""
+        if device == "cpu":
+            return None
+        workers = self._connect().scheduler_info()["workers"].values()
+        if not any(w.get("resources", {}).get("GPU", 0) >= 1 for w in workers):
+            return (f"no dask worker declares a GPU resource for device {device} "
+                    "(start one with --resources GPU=1)")
+        return None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            client, cluster = self._conn
+            client.close()
+            if cluster is not None:
+                cluster.close()
+            self._conn = None
+
+    def _client(self):
+        from distributed import Client, LocalCluster
+
+        if self.scheduler:
+            try:
+                return Client(self.scheduler, timeout="20s"), None
+            except OSError as e:
+                raise ValueError(f"--scheduler {self.scheduler!r}: cannot connect ({e})") from e
+        cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                               host="127.0.0.1", dashboard_address=None)
+        return Client(cluster), cluster
+
+    def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
+        from distributed import as_completed
+        from tqdm.auto import tqdm
+
+        client = self._connect()
+        try:
+            cfg = ctx.config
+            futures = {}
+            for c in cells:
+                resources = {"GPU": 1} if c.device in ("cuda", "mps") else None
+                f = client.submit(remote_cell, cfg.to_dict(), cfg.source, astuple(c), ctx.cache_dir,
+                                  key=f"cell-{c.key}", pure=False, retries=self.retries,
+                                  resources=resources)
+                futures[f] = c
+            bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress)
+            for f in as_completed(futures):
+                c = futures[f]
+                bar.update()
+                try:
+                    yield f.result()
+                except Exception as e:  # noqa: BLE001 - recorded, the run goes on
+                    self.failed.append(failed_row(c, e))
+            bar.close()
+        finally:
+            self.close()
+
+
+def failed_row(cell: Cell, error: BaseException) -> dict:
+    return {**cell.coords(), "status": "failed", "reason": f"{type(error).__name__}: {error}",
+            "traceback": "".join(traceback.format_exception(error))[-2000:]}
+
+
+def astuple(c: Cell) -> tuple:
+    return (c.estimator, c.dtype, c.n_samples, c.model, c.parametrization, c.device)
+
+
+def make_executor(name: str, scheduler: str | None = None, n_workers: int = 2):
+    if name == "local":
+        if scheduler:
+            raise ValueError(f"--scheduler {scheduler!r} needs --executor dask")
+        return LocalExecutor()
+    if name == "dask":
+        return DaskExecutor(scheduler, n_workers=n_workers)
+    raise ValueError(f"--executor {name!r} is not supported; accepted: local, dask")
