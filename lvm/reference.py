@@ -1,9 +1,10 @@
 """Ground truth log p(x) in float64, with an error estimate, cached on disk.
 
 - "exact": closed form (LinearGaussianLVM).
-- "quadrature" (K <= 2): trapezoid rule on a uniform grid over [-L, L]^K in
-  log space. For smooth, fast-decaying integrands it converges geometrically,
-  so |Q(h) - Q(h/2)| bounds the error of Q(h/2); h is halved to the target.
+- "quadrature" (K <= 2): trapezoid rule in log space on a per-datapoint box
+  around the posterior, refined until two levels agree to ``tol``. For
+  smooth, fast-decaying integrands it converges geometrically, so the last
+  difference bounds the error.
 - "importance" (any K): float64 log-space importance sampling with a
   defensive mixture proposal 0.9 * Student-t(Laplace fit) + 0.1 * prior,
   with the delta-method standard error sqrt(1/ESS - 1/N).
@@ -21,7 +22,6 @@ import torch
 
 from .estimators import log_space
 from .model import check_data
-from .numerics import LogSumExpState
 
 METHODS = ("auto", "exact", "quadrature", "importance")
 F64 = torch.float64
@@ -113,33 +113,62 @@ def _importance(model, x, n_samples: int, seed: int, inflate: float = 1.2):
                             "min_ess": float(est.ess.min())}
 
 
+def _axis_grid(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor, float]:
+    """n^K points on the box [lo, hi] (K-vectors) and the cell volume."""
+    axes = [torch.linspace(float(lo[k]), float(hi[k]), n, dtype=F64) for k in range(len(lo))]
+    grid = torch.cartesian_prod(*axes).reshape(-1, len(lo)) if len(lo) > 1 else axes[0][:, None]
+    vol = math.prod(float(hi[k] - lo[k]) / (n - 1) for k in range(len(lo)))
+    return grid, vol
+
+
+def _log_joint(model, x: torch.Tensor, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """log p(x_b | z_n) + log N(z_n; 0, I) for all pairs, [B, N], float64, streamed over z."""
+    K = z.shape[1]
+    out = [model.log_likelihood(x, z[i:i + chunk], F64) - 0.5 * (z[i:i + chunk] ** 2).sum(-1)
+           for i in range(0, len(z), chunk)]
+    return torch.cat(out, dim=1) - 0.5 * K * math.log(2 * math.pi)
+
+
 @torch.no_grad()
-def _trapezoid(model, x, h: float, bound: float, chunk: int = 8192) -> torch.Tensor:
+def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
+                points: tuple[int, ...] = (33, 65, 129), drop: float = 40.0):
+    """Adaptive tensor-product quadrature, per datapoint.
+
+    A shared coarse grid (spacing h0 on [-bound, bound]^K) locates each
+    datapoint's posterior: the box holding every point within ``drop`` nats
+    of the maximum, padded by two coarse cells. On that box the rectangle
+    rule (equal to the trapezoid rule, the edges being negligible) is refined
+    n = 33, 65, 129 points per axis until two levels agree within tol;
+    their difference is the reported error. The Gaussian model converges to
+    1e-12; ELU decoders are only once differentiable (the ELU kink), so there
+    convergence is O(h^2) and the reported error is larger (see meta max_err).
+    """
     K = model.latent_dim
-    axis = torch.arange(-bound, bound + h / 2, h, dtype=F64)
-    state = LogSumExpState((len(x),), dtype=F64)
-    grid = torch.cartesian_prod(*[axis] * K).reshape(-1, K) if K > 1 else axis[:, None]
-    for start in range(0, len(grid), chunk):
-        z = grid[start:start + chunk]
-        lj = model.log_likelihood(x, z, F64) - 0.5 * (z * z).sum(-1)
-        state.update(lj)
-    return state.result() + K * (math.log(h) - 0.5 * math.log(2 * math.pi))
-
-
-def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0, levels: int = 3):
-    if model.latent_dim > 2:
-        raise ValueError(f"method='quadrature' needs latent_dim <= 2, got {model.latent_dim}; "
+    if K > 2:
+        raise ValueError(f"method='quadrature' needs latent_dim <= 2, got {K}; "
                          "accepted for this model: 'importance'")
-    h = h0
-    prev = _trapezoid(model, x, h, bound)
-    for _ in range(levels):
-        h /= 2
-        cur = _trapezoid(model, x, h, bound)
-        err = (cur - prev).abs()
-        prev = cur
-        if float(err.max()) < tol:
-            break
-    return cur, err, {"h": h, "bound": bound, "tol": tol, "max_err": float(err.max())}
+    coarse, _ = _axis_grid(torch.full((K,), -bound), torch.full((K,), bound), int(round(2 * bound / h0)) + 1)
+    lj = _log_joint(model, x, coarse)
+    lp, err, used = [], [], []
+    for b in range(len(x)):
+        keep = coarse[lj[b] > lj[b].max() - drop]
+        lo = (keep.min(0).values - 2 * h0).clamp(min=-bound)
+        hi = (keep.max(0).values + 2 * h0).clamp(max=bound)
+        prev, err_b = None, math.inf
+        for n in points:
+            grid, vol = _axis_grid(lo, hi, n)
+            cur = torch.logsumexp(_log_joint(model, x[b:b + 1], grid)[0], 0) + math.log(vol)
+            if prev is not None:
+                err_b = abs(float(cur - prev))
+                if err_b < tol:
+                    break
+            prev = cur
+        lp.append(cur)
+        err.append(err_b)
+        used.append(n)
+    err_t = torch.tensor(err, dtype=F64)
+    return torch.stack(lp), err_t, {"h0": h0, "bound": bound, "tol": tol, "drop": drop,
+                                    "max_points_per_axis": max(used), "max_err": float(err_t.max())}
 
 
 def _cache_path(cache_dir, key: str) -> Path:
