@@ -98,8 +98,10 @@ class Config:
             reason = None
             if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
                 reason = "float32 accumulation only differs from log_space below float32"
-            elif cell.dtype in caps and cell.n_samples > caps[cell.dtype]:
-                reason = f"limits.max_n_samples.{cell.dtype} = {caps[cell.dtype]}"
+            else:
+                for axis_value in (cell.dtype, cell.estimator):
+                    if axis_value in caps and cell.n_samples > caps[axis_value]:
+                        reason = f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
             if reason:
                 excluded.append({"cell": cell.key, "reason": reason})
             else:
@@ -252,7 +254,8 @@ def _check_axes(data: dict, source: str) -> None:
     if run["reference"] not in ("auto", "quadrature", "importance"):
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
-    for dt, cap in data["limits"]["max_n_samples"].items():
-        if dt not in DTYPES or not isinstance(cap, int) or cap <= 0:
-            raise ConfigError(f"{source}: limits.max_n_samples.{dt} = {cap!r}; accepted: "
-                              f"a dtype ({', '.join(DTYPES)}) mapped to a positive integer")
+    for key, cap in data["limits"]["max_n_samples"].items():
+        if key not in DTYPES and key not in ESTIMATORS or not isinstance(cap, int) or cap <= 0:
+            raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
+                              f"({', '.join(DTYPES)}) or an estimator ({', '.join(ESTIMATORS)}) "
+                              "mapped to a positive integer")

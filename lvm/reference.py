@@ -23,6 +23,7 @@ import torch
 from .estimators import log_space
 from .model import check_data
 
+CACHE_VERSION = 2  # bump when an algorithm changes, so stale cached truths are not reused
 METHODS = ("auto", "exact", "quadrature", "importance")
 F64 = torch.float64
 
@@ -196,7 +197,8 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
         return Reference("exact", lp, torch.zeros_like(lp))
     key = None
     if cache and hasattr(model, "fingerprint"):
-        h = hashlib.sha256(f"{model.fingerprint()}|{method}|{n_samples}|{seed}|{tol}".encode())
+        spec = f"{CACHE_VERSION}|{model.fingerprint()}|{method}|{n_samples}|{seed}|{tol}"
+        h = hashlib.sha256(spec.encode())
         h.update(x.contiguous().numpy().tobytes())
         key = h.hexdigest()[:32]
         path = _cache_path(cache_dir, key)
