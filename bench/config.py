@@ -35,13 +35,14 @@ MODEL_RE = re.compile(r"^(?P<state>[a-z][a-z0-9-]*?)-k(?P<k>\d+)$")
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "run": {"name": str, "seed": int, "dataset": str, "split": str, "n_data": int, "repeats": int,
-            "warmup": int, "reference": str, "reference_samples": int},
+            "warmup": int, "reference": str, "reference_samples": int, "threads": int},
     "grid": {k: list for k in PARAM_NAMES},
     "limits": {"max_n_samples": dict},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
-            "repeats": 5, "warmup": 1, "reference": "auto", "reference_samples": 20000},
+            "repeats": 5, "warmup": 1, "reference": "auto", "reference_samples": 20000,
+            "threads": 1},
     "grid": {},
     "limits": {"max_n_samples": {}},
 }
@@ -243,7 +244,7 @@ def _check_axes(data: dict, source: str) -> None:
     if run["dataset"] not in DATASETS or run["dataset"] == "synthetic":
         raise ConfigError(f"{source}: run.dataset = {run['dataset']!r} is not supported by the sweep; "
                           "accepted: mnist-5k, mnist")
-    for key in ("n_data", "repeats", "reference_samples"):
+    for key in ("n_data", "repeats", "reference_samples", "threads"):
         if run[key] <= 0:
             raise ConfigError(f"{source}: run.{key} = {run[key]} is invalid; accepted: a positive integer")
     if run["repeats"] < 2:

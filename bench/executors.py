@@ -52,9 +52,6 @@ _CONTEXTS: dict[tuple, Context] = {}
 
 def remote_cell(config_data: dict, source: str, cell: tuple, cache_dir: str | None):
     """Run one cell on a dask worker: a pure function of (config, cell)."""
-    import torch
-
-    torch.set_num_threads(1)  # one timed cell per worker process, one thread: clean timings
     key = (repr(config_data), cache_dir)
     if key not in _CONTEXTS:
         _CONTEXTS[key] = Context(Config(config_data, source), cache_dir=cache_dir)
@@ -118,6 +115,7 @@ class DaskExecutor:
                 return Client(self.scheduler, timeout="20s"), None
             except OSError as e:
                 raise ValueError(f"--scheduler {self.scheduler!r}: cannot connect ({e})") from e
+        # one task thread per worker process: one timed cell at a time per worker
         cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None)
         return Client(cluster), cluster

@@ -117,8 +117,28 @@ class Context:
         return {f"{n}/{p}": m.fingerprint() for (n, p), m in sorted(self._models.items())}
 
 
+class threads:
+    """Run a block with ``n`` torch threads: cells' numbers must not depend on the machine's
+    core count (a matmul's rounding depends on how it is split), and timings stay clean."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        self.saved = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        torch.set_num_threads(self.saved)
+
+
 def run_cell(ctx: Context, cell: Cell) -> tuple[dict, pd.DataFrame]:
     """Measure one cell: (summary row, one raw row per datapoint and repeat)."""
+    with threads(ctx.config.run["threads"]):
+        return _run_cell(ctx, cell)
+
+
+def _run_cell(ctx: Context, cell: Cell) -> tuple[dict, pd.DataFrame]:
     run = ctx.config.run
     t_start = time.perf_counter()
     model = ctx.model(cell.model, cell.parametrization)
@@ -181,13 +201,14 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def matmul_peaks(devices: list[str]) -> dict:
-    """The machine's n x n matrix-product rate per device and dtype (GFLOP/s)."""
+def matmul_peaks(devices: list[str], n_threads: int) -> dict:
+    """The machine's n x n matrix-product rate per device and dtype (GFLOP/s), at the cells' threads."""
     out = {}
-    for d in devices:
-        if device_skip_reason(d) is None:
-            out[d] = {name: round(matmul_peak_gflops(parse_dtype(name), d), 2)
-                      for name in ("float16", "bfloat16", "float32", "float64")}
+    with threads(n_threads):
+        for d in devices:
+            if device_skip_reason(d) is None:
+                out[d] = {name: round(matmul_peak_gflops(parse_dtype(name), d), 2)
+                          for name in ("float16", "bfloat16", "float32", "float64")}
     return out
 
 
@@ -225,7 +246,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     })
     meta.setdefault("started", _now())
     meta.setdefault("environment", environment.describe())
-    meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"]))
+    meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"], config.run["threads"]))
     meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo)})
     store.write_meta(meta)
     t0 = time.perf_counter()

@@ -43,7 +43,7 @@ device = ["cpu", "cuda"]
 
 
 def _numbers(t: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in (*TIMING_COLUMNS, "time_runs", "worker") if c in t]
+    drop = [c for c in (*TIMING_COLUMNS, "time_runs", "worker", "reason") if c in t]
     return t.drop(columns=drop)
 
 
@@ -62,6 +62,7 @@ def test_local_cluster_matches_local_executor(tmp_path, cache):
     assert all(w.startswith("tcp://127.0.0.1:") for w in workers)
     # GPU cells need a GPU resource no LocalCluster worker declares: skipped here, never sent
     assert (dask.loc[dask.device == "cuda", "status"] == "skipped").all()
+    assert dask.loc[dask.device == "cuda", "reason"].str.contains("GPU resource").all()
 
 
 def test_killed_worker_costs_only_its_cells(tmp_path, cache):
