@@ -13,16 +13,20 @@ meaningful:
     regression when it goes from 0 to > 0, improvement from > 0 to 0.
 ``bias``
     regression when ``|new - baseline| > k * SE`` and ``|bias|`` grew,
-    improvement when it shrank, with ``SE = sqrt(bias_se_base^2 + bias_se_new^2)``
-    (treating the runs as independent; when both share the ground truth and
-    the draws this overstates the SE of the difference, so the test errs on
-    the side of not flagging).
+    improvement when it shrank, with ``SE = sqrt(SE_base^2 + SE_new^2)``
+    (the runs treated as independent; when both share the ground truth and
+    the draws this overstates the SE of the difference, so the rule errs on
+    the side of not flagging). Each run's SE is the larger of cells.csv's
+    ``bias_se`` and, from the raw rows, the SE over repeats of the
+    datapoint-mean error: ``bias_se`` treats the datapoints as independent,
+    but every datapoint of a repeat uses the same draws, and their errors are
+    correlated (0.3 for the untrained K = 2 decoder: ``bias_se`` is then 3x
+    too small at B = 32).
 ``rounding_error_mean``
-    same rule, with the SE derived from the raw per-estimate rows: per run,
-    ``std(|estimate - replay_float64|, ddof=1) / sqrt(n)`` over the cell's
-    finite rows (datapoints x repeats treated as a sample; with fixed,
-    heterogeneous datapoints this is conservative), combined as above. Not
-    judged when a run has no raw file.
+    the same rule, with each run's SE derived from the raw per-estimate rows:
+    the larger of ``std(|estimate - replay_float64|, ddof=1) / sqrt(n)`` over
+    the cell's finite rows and the SE over repeats of the datapoint-mean (the
+    same correlation). Not judged when a run has no raw file.
 ``terms_per_s``
     regression when ``baseline / new > throughput_factor``, improvement when
     ``new / baseline > throughput_factor``; judged only when both runs' meta.json
@@ -121,7 +125,8 @@ class Comparison:
         reg, imp = len(self.regressions), len(self.improvements)
         return (f"{self.n_cells} cells compared: {reg} regression{'s' * (reg != 1)}, "
                 f"{imp} improvement{'s' * (imp != 1)}; {len(self.only_in_baseline)} cells only in "
-                f"the baseline, {len(self.only_in_new)} only in the new run")
+                f"the baseline, {len(self.only_in_new)} only in the new run"
+                + (f", {self.not_measured} measured in neither" if self.not_measured else ""))
 
     def _header(self) -> list[tuple[str, str]]:
         hw = self.hardware.get("new") or {}
@@ -170,39 +175,41 @@ class Comparison:
         return "\n".join(out) + "\n"
 
     def to_markdown(self) -> str:
+        """For a pull-request comment: kept under GitHub's 65,536 characters, regressions first."""
         reg = self.regressions
         verdict = (f"**{len(reg)} regression{'s' * (len(reg) != 1)}**" if reg
                    else "**no regression**")
         out = [f"### lvm-bench compare: {verdict}", "", self.summary() + ".", ""]
         out += [f"- {k}: {v}" for k, v in self._header()]
         out += [f"- note: {n}" for n in self.notes]
+        budget = [MARKDOWN_LIMIT - sum(len(line) + 1 for line in out) - 1000]
+
+        def fit(lines: list[str]) -> list[str]:
+            kept = []
+            for line in lines:
+                if len(line) + 1 > budget[0]:
+                    return [*kept, "", f"{len(lines) - len(kept)} more rows left out to fit a comment: "
+                                       "see --format json"]
+                kept.append(line)
+                budget[0] -= len(line) + 1
+            return kept
+
         cols = ["cell", "metric", "baseline", "new", "change", "rule"]
         for title, changes in (("Regressions", reg), ("Improvements", self.improvements)):
             if changes:
                 out += ["", f"#### {title} ({len(changes)})", "",
-                        *_md_table(cols, [_change_cells(c) for c in changes])]
+                        *fit(_md_table(cols, [_change_cells(c) for c in changes]))]
         for title, cells in (("Only in the baseline", self.only_in_baseline),
                              ("Only in the new run", self.only_in_new)):
             if cells:
                 out += ["", f"#### {title} ({len(cells)})", "",
-                        *_md_table(["cell", "other run"], [[cell_label(c), c["other"]] for c in cells])]
-        text = "\n".join(out) + "\n"
+                        *fit(_md_table(["cell", "other run"], [[cell_label(c), c["other"]] for c in cells]))]
         if self.rows:
             head, body = self._wide()
-            budget = MARKDOWN_LIMIT - len(text) - 400
-            lines = _md_table(head, body)
-            kept = []
-            for line in lines:
-                if budget - len(line) - 1 < 0:
-                    break
-                kept.append(line)
-                budget -= len(line) + 1
-            cut = len(lines) - len(kept)
-            tail = ["", f"{cut} more rows left out to fit a comment: use --format json"] if cut else []
-            text += "\n".join(["", "<details><summary>All compared cells (baseline &rarr; new; "
-                               "! regression, + improvement, ? not judged)</summary>", "", *kept, *tail,
-                               "", "</details>"]) + "\n"
-        return text
+            out += ["", "<details><summary>All compared cells (baseline &rarr; new; ! regression, "
+                    "+ improvement, ? not judged)</summary>", "", *fit(_md_table(head, body)),
+                    "", "</details>"]
+        return "\n".join(out) + "\n"
 
     def _wide(self) -> tuple[list[str], list[list[str]]]:
         """One row per cell, one column per metric: 'baseline -> new' with a verdict mark."""
@@ -329,22 +336,57 @@ def _cell(key: tuple) -> dict[str, Any]:
     return dict(zip(PARAM_NAMES, key, strict=True))
 
 
-def _rounding_stats(path: str | Path) -> dict[tuple, tuple[float, float, int]] | None:
-    """Per cell: (SE of the mean |estimate - replay|, mean |replay|, rows), from the raw file."""
+@dataclass(frozen=True)
+class RawStats:
+    """What the raw per-estimate rows of one cell add to its cells.csv row."""
+
+    rounding_se: float  # SE of the mean |estimate - replay_float64|
+    bias_se: float  # SE of the mean error over repeats of the datapoint-mean (draws shared); NaN if none
+    scale: float  # mean |replay_float64|: the size of the log p(x) being rounded
+
+
+def _repeat_se(values: np.ndarray) -> float:
+    """SE of the mean of an [R, B] table whose rows (repeats) are independent and columns are not.
+
+    Every datapoint of a repeat is estimated from the same draws, so their errors are
+    correlated (for the untrained K = 2 decoder, by about 0.3: the independent-rows SE is then
+    3x too small at B = 32). Uses the datapoints finite in every repeat.
+    """
+    keep = np.isfinite(values).all(0)
+    if values.shape[0] < 2 or not keep.any():
+        return float("nan")
+    means = values[:, keep].mean(1)
+    return float(means.std(ddof=1) / math.sqrt(len(means)))
+
+
+def _raw_stats(path: str | Path) -> dict[tuple, RawStats] | None:
+    """Per cell :class:`RawStats` from the run's raw file; None when the run has none."""
     raw = load_raw(path)
-    if raw is None or not {*PARAM_NAMES, "estimate", "replay_float64"} <= set(raw.columns):
+    need = {*PARAM_NAMES, "repeat", "datapoint", "estimate", "replay_float64"}
+    if raw is None or not need <= set(raw.columns):
         return None
-    est = raw["estimate"].to_numpy(float)
-    rep = raw["replay_float64"].to_numpy(float)
-    both = np.isfinite(est) & np.isfinite(rep)
-    df = raw.loc[both, list(PARAM_NAMES)].copy()
-    df["err"] = np.abs(est - rep)[both]
-    df["scale"] = np.abs(rep)[both]
+    raw = raw.copy()
+    est, rep = raw["estimate"].to_numpy(float), raw["replay_float64"].to_numpy(float)
+    raw["_rnd"] = np.where(np.isfinite(est) & np.isfinite(rep), np.abs(est - rep), np.nan)
+    raw["_err"] = est - raw["truth"].to_numpy(float) if "truth" in raw else np.nan
+    raw["_scale"] = np.where(np.isfinite(rep), np.abs(rep), np.nan)
     out = {}
-    for key, g in df.groupby(list(PARAM_NAMES), sort=False):
-        n = len(g)
-        se = float(g["err"].std(ddof=1) / math.sqrt(n)) if n >= 2 else float("nan")
-        out[_key(_cell(key))] = (se, float(g["scale"].mean()), n)
+    for key, g in raw.groupby(list(PARAM_NAMES), sort=False):
+        rnd = g["_rnd"].to_numpy()
+        rnd_fin = rnd[np.isfinite(rnd)]
+        row_se = float(rnd_fin.std(ddof=1) / math.sqrt(len(rnd_fin))) if len(rnd_fin) >= 2 else float("nan")
+        try:
+            table = g.pivot(index="repeat", columns="datapoint", values=["_rnd", "_err"])
+        except ValueError:  # duplicated (repeat, datapoint): no repeat structure to use
+            rep_rnd = rep_err = float("nan")
+        else:
+            rep_rnd, rep_err = _repeat_se(table["_rnd"].to_numpy()), _repeat_se(table["_err"].to_numpy())
+        # the larger of the two: conservative when the datapoints are correlated and when the
+        # few repeats happen to agree
+        finite = [v for v in (row_se, rep_rnd) if math.isfinite(v)]
+        scale = g["_scale"].dropna()
+        out[_key(_cell(key))] = RawStats(max(finite) if finite else float("nan"), rep_err,
+                                         float(scale.mean()) if len(scale) else float("nan"))
     return out
 
 
@@ -372,14 +414,14 @@ def _floor(dtype: str, scale: float, *values: float) -> float:
     return u * scale
 
 
-def _judge_se(cell, metric, b, n, se_b, se_n, k, floor) -> Change:
+def _judge_se(cell, metric, b, n, se_b, se_n, k, floor, no_se: str = "no standard error") -> Change:
     """Shared rule of bias and rounding_error_mean: |change| > k * SE, direction by |value|."""
     if not (math.isfinite(b) and math.isfinite(n)):
         why = "no finite estimate in " + ("either run" if not (math.isfinite(b) or math.isfinite(n))
                                           else "the baseline" if not math.isfinite(b) else "the new run")
         return Change(cell, metric, b, n, None, NOT_JUDGED, why)
     if not (math.isfinite(se_b) and math.isfinite(se_n)):
-        return Change(cell, metric, b, n, n - b, NOT_JUDGED, "no standard error (no raw rows)")
+        return Change(cell, metric, b, n, n - b, NOT_JUDGED, no_se)
     se = max(math.sqrt(se_b**2 + se_n**2), floor)
     delta = n - b
     rule = f"|change| {'>' if abs(delta) > k * se else '<='} {k:g} x SE {se:.3g}"
@@ -390,7 +432,7 @@ def _judge_se(cell, metric, b, n, se_b, se_n, k, floor) -> Change:
 
 
 def judge_cell(cell: dict, base: dict, new: dict, *, k: float, throughput_factor: float,
-               timings_judged: bool, rounding: tuple[tuple | None, tuple | None] = (None, None)
+               timings_judged: bool, raw: tuple[RawStats | None, RawStats | None] = (None, None)
                ) -> list[Change]:
     """The verdicts on one cell's metrics (rows of cells.csv as dicts)."""
     out = []
@@ -415,16 +457,21 @@ def judge_cell(cell: dict, base: dict, new: dict, *, k: float, throughput_factor
         out.append(Change(cell, "nonfinite_rate", b, n, n - b, verdict, rule))
     # bias and rounding error: k standard errors
     dtype = cell["dtype"]
-    rb, rn = rounding
-    scale = np.nanmean([r[1] for r in (rb, rn) if r is not None]) if (rb or rn) else float("nan")
+    rb, rn = raw
+    scales = [r.scale for r in (rb, rn) if r is not None and math.isfinite(r.scale)]
+    scale = float(np.mean(scales)) if scales else float("nan")
     b, n = _f(base, "bias"), _f(new, "bias")
-    out.append(_judge_se(cell, "bias", b, n, _f(base, "bias_se"), _f(new, "bias_se"), k,
-                         _floor(dtype, float(scale), b, n)))
+    se_b, se_n = _f(base, "bias_se"), _f(new, "bias_se")
+    if rb is not None and math.isfinite(rb.bias_se):  # datapoints share draws: never below the repeat SE
+        se_b = max(se_b, rb.bias_se) if math.isfinite(se_b) else rb.bias_se
+    if rn is not None and math.isfinite(rn.bias_se):
+        se_n = max(se_n, rn.bias_se) if math.isfinite(se_n) else rn.bias_se
+    out.append(_judge_se(cell, "bias", b, n, se_b, se_n, k, _floor(dtype, scale, b, n)))
     b, n = _f(base, "rounding_error_mean"), _f(new, "rounding_error_mean")
-    se_b = rb[0] if rb is not None else float("nan")
-    se_n = rn[0] if rn is not None else float("nan")
-    out.append(_judge_se(cell, "rounding_error_mean", b, n, se_b, se_n, k,
-                         _floor(dtype, float(scale), b, n)))
+    se_b = rb.rounding_se if rb is not None else float("nan")
+    se_n = rn.rounding_se if rn is not None else float("nan")
+    out.append(_judge_se(cell, "rounding_error_mean", b, n, se_b, se_n, k, _floor(dtype, scale, b, n),
+                         "no standard error: no raw rows"))
     # throughput: a factor, on the same hardware only
     b, n = _f(base, "terms_per_s"), _f(new, "terms_per_s")
     if not (math.isfinite(b) and math.isfinite(n) and b > 0 and n > 0):
@@ -488,16 +535,16 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
     if changed:
         notes.append("model weights differ for " + ", ".join(changed))
 
-    stats_b, stats_n = _rounding_stats(baseline_dir), _rounding_stats(new_dir)
+    stats_b, stats_n = _raw_stats(baseline_dir), _raw_stats(new_dir)
     if stats_b is None or stats_n is None:
         notes.append("a run has no raw rows: rounding_error_mean is reported, not judged")
     rows: list[Change] = []
     for key in common:
         b, n = base_rows[key], new_rows[key]
         cell = _cell(key)
-        rounding = (stats_b.get(key) if stats_b else None, stats_n.get(key) if stats_n else None)
+        raw = (stats_b.get(key) if stats_b else None, stats_n.get(key) if stats_n else None)
         rows += judge_cell(cell, b, n, k=k, throughput_factor=throughput_factor,
-                           timings_judged=timings_judged, rounding=rounding)
+                           timings_judged=timings_judged, raw=raw)
 
     def other(r: dict | None, run: str) -> str:
         if r is None:

@@ -18,8 +18,10 @@ from bench.compare import (
     NOT_JUDGED,
     OK,
     REGRESSION,
+    Change,
     CompareError,
     Comparison,
+    RawStats,
     compare_runs,
     judge_cell,
 )
@@ -261,6 +263,18 @@ def test_rounding_error_not_judged_without_raw_rows(runs, tmp_path):
     assert any("no raw rows" in n for n in comp.notes)
 
 
+def test_markdown_fits_a_pull_request_comment():
+    cells = [dict(zip(PARAM_NAMES, ("log_space", "float32", n, "untrained-k2", "logits", "cpu"), strict=True))
+             for n in range(1, 3001)]
+    rows = [Change(c, "bias", -0.1, 0.9, 1.0, REGRESSION, "|change| > 4 x SE 0.01", 0.01) for c in cells]
+    only = [{**c, "other": "absent from the new run"} for c in cells[:500]]
+    comp = Comparison("a", "b", 4.0, 1.25, True, True, rows, only, [], 0, [], {})
+    md = comp.to_markdown()
+    assert len(md) < 65_536
+    assert "#### Regressions (3000)" in md and "more rows left out to fit a comment" in md
+    assert comp.to_table().count("N=2999 ") == 2  # the terminal keeps everything
+
+
 # ------------------------------------------------------------------ the rules, one by one
 
 CELL = dict(zip(PARAM_NAMES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu"), strict=True))
@@ -268,9 +282,12 @@ BASE = {"underflow_rate": 0.0, "underflow_ci_low": 0.0, "underflow_ci_high": 0.1
         "bias": -0.05, "bias_se": 0.01, "rounding_error_mean": 0.0, "terms_per_s": 1e5}
 
 
-def _verdicts(new: dict, base: dict = BASE, rounding=((0.0, 550.0, 24), (0.0, 550.0, 24)), **kw) -> dict:
+EXACT = (RawStats(0.0, float("nan"), 550.0), RawStats(0.0, float("nan"), 550.0))  # |log p| ~ 550
+
+
+def _verdicts(new: dict, base: dict = BASE, raw=EXACT, **kw) -> dict:
     kw = {"k": 4.0, "throughput_factor": 1.25, "timings_judged": True} | kw
-    return {c.metric: c for c in judge_cell(CELL, base, {**base, **new}, rounding=rounding, **kw)}
+    return {c.metric: c for c in judge_cell(CELL, base, {**base, **new}, raw=raw, **kw)}
 
 
 def test_rule_underflow_outside_the_baseline_wilson_interval():
@@ -307,12 +324,19 @@ def test_rule_rounding_error_floor_keeps_deterministic_cells_quiet():
     v = _verdicts({"rounding_error_mean": 1e-9})["rounding_error_mean"]
     assert v.verdict == REGRESSION and v.se == pytest.approx(u64 * 550)
     # with real spread, the SE from the raw rows (std / sqrt(n), both runs) sets the bar
-    noisy = ((2e-6, 550.0, 24), (2e-6, 550.0, 24))
+    noisy = (RawStats(2e-6, float("nan"), 550.0), RawStats(2e-6, float("nan"), 550.0))
     base = {**BASE, "rounding_error_mean": 1e-5}
-    assert _verdicts({"rounding_error_mean": 1.9e-5}, base=base, rounding=noisy)[
+    assert _verdicts({"rounding_error_mean": 1.9e-5}, base=base, raw=noisy)[
         "rounding_error_mean"].verdict == OK
-    assert _verdicts({"rounding_error_mean": 2.2e-5}, base=base, rounding=noisy)[
+    assert _verdicts({"rounding_error_mean": 2.2e-5}, base=base, raw=noisy)[
         "rounding_error_mean"].verdict == REGRESSION
+
+
+def test_rule_bias_se_never_below_the_repeat_se():
+    """Datapoints of a repeat share its draws: the SE over repeats is a floor under bias_se."""
+    correlated = (RawStats(0.0, 0.03, 550.0), RawStats(0.0, 0.03, 550.0))
+    v = _verdicts({"bias": -0.05 - 4.1 * math.hypot(0.01, 0.01)}, raw=correlated)["bias"]
+    assert v.verdict == OK and v.se == pytest.approx(math.hypot(0.03, 0.03))
 
 
 def test_rule_throughput_factor_and_hardware():
