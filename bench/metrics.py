@@ -21,8 +21,10 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
 def _bias_and_se(diff: np.ndarray, finite: np.ndarray, truth_se: np.ndarray) -> tuple[float, float]:
     """Mean over datapoints of the per-datapoint mean error, and its standard error.
 
-    The SE treats the datapoints as fixed: it combines the repeat-to-repeat
-    variance of each datapoint's mean (var / R_b) with the ground truth's own SE.
+    The digits of one repeat share its draws, so their errors are correlated:
+    the SE is the larger of (a) the digits-independent SE, sqrt(sum_b var_b/R_b)/B,
+    and (b) the spread over repeats of each repeat's mean error, std_r/sqrt(R);
+    the ground truth's own SE is added in quadrature to both.
     """
     means, var_of_means, truth_var = [], [], []
     for b in range(diff.shape[1]):
@@ -33,8 +35,13 @@ def _bias_and_se(diff: np.ndarray, finite: np.ndarray, truth_se: np.ndarray) -> 
             truth_var.append(truth_se[b] ** 2)
     if not means:
         return float("nan"), float("nan")
-    se = np.sqrt(np.sum(var_of_means) + np.sum(truth_var)) / len(means)
-    return float(np.mean(means)), float(se)
+    B = len(means)
+    se_indep = np.sqrt(np.sum(var_of_means) + np.sum(truth_var)) / B
+    per_repeat = [diff[r, finite[r]].mean() for r in range(diff.shape[0]) if finite[r].any()]
+    se_shared = 0.0
+    if len(per_repeat) >= 2:
+        se_shared = np.sqrt(np.var(per_repeat, ddof=1) / len(per_repeat) + np.sum(truth_var) / B**2)
+    return float(np.mean(means)), float(max(se_indep, se_shared))
 
 
 def summarize(est: np.ndarray, replay: np.ndarray, truth: np.ndarray, truth_se: np.ndarray,

@@ -169,7 +169,8 @@ def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
         used.append(n)
     err_t = torch.tensor(err, dtype=F64)
     return torch.stack(lp), err_t, {"h0": h0, "bound": bound, "tol": tol, "drop": drop,
-                                    "max_points_per_axis": max(used), "max_err": float(err_t.max())}
+                                    "max_points_per_axis": max(used), "max_err": float(err_t.max()),
+                                    "converged": float(err_t.max()) < tol}
 
 
 def _cache_path(cache_dir, key: str) -> Path:
