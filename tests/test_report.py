@@ -1,0 +1,283 @@
+"""`lvm-bench report`: files, findings against cells.csv, byte stability, bad and partial runs."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.cli import main
+from bench.report import (
+    FIGURE_STEMS,
+    RunData,
+    finding_log_underflow,
+    finding_loglik,
+    finding_nonfinite,
+    finding_prob_underflow,
+    finding_rounding,
+    findings,
+    fmt_num,
+    fmt_pct,
+    load,
+    write_report,
+)
+from bench.store import RunError
+from lvm.numerics import dtype_facts
+
+TINY = """
+[run]
+name = "tiny-report"
+seed = 3
+n_data = 6
+repeats = 3
+warmup = 0
+reference = "importance"
+reference_samples = 2000
+
+[grid]
+estimator = ["prob_space", "log_space", "log_space_acc32"]
+dtype = ["bfloat16", "float32", "float64"]
+n_samples = [1, 10, 100]
+model = ["untrained-k2"]
+parametrization = ["logits", "probs"]
+device = ["cpu", "cuda"]
+"""
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    """Every report file under root, relative path -> bytes."""
+    names = ["report.md", "report.html", "tables/summary.csv", "tables/summary.md"]
+    names += [f"figures/{p.name}" for p in sorted((root / "figures").glob("*"))]
+    return {n: (root / n).read_bytes() for n in names}
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("report-run")
+    cfg = d / "tiny.toml"
+    cfg.write_text(TINY)
+    cache = d / "cache"
+    assert main(["run", "--config", str(cfg), "--out", str(d / "run"), "--cache-dir", str(cache),
+                 "--no-progress"]) == 0
+    return d / "run"
+
+
+@pytest.fixture(scope="module")
+def report(run_dir) -> Path:
+    """The report written into the run directory itself (the default --out)."""
+    path = write_report(run_dir)
+    assert path == run_dir / "report.html"
+    return run_dir
+
+
+def test_report_writes_every_file(report):
+    for name in ("report.md", "report.html", "tables/summary.csv", "tables/summary.md"):
+        assert (report / name).stat().st_size > 0, name
+    for stem in FIGURE_STEMS:
+        png, svg = report / "figures" / f"{stem}.png", report / "figures" / f"{stem}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+        with Image.open(png) as im:
+            im.verify()
+        with Image.open(png) as im:
+            w, h = im.size
+        assert 400 <= w <= 3000 and 250 <= h <= 4000, (stem, w, h)
+        assert svg.read_text().lstrip().startswith("<?xml") and "<svg" in svg.read_text()[:2000], stem
+
+
+def test_summary_table_matches_cells(report):
+    cells = pd.read_csv(report / "cells.csv")
+    ok = cells[cells["status"] == "ok"]
+    summary = pd.read_csv(report / "tables" / "summary.csv")
+    assert set(zip(summary["estimator"], summary["dtype"], strict=True)) == \
+        set(zip(ok["estimator"], ok["dtype"], strict=True))
+    for r in summary.itertuples():
+        g = ok[(ok["estimator"] == r.estimator) & (ok["dtype"] == r.dtype)]
+        under = (g["underflow_rate"] * g["n_estimates"]).round().sum() / g["n_estimates"].sum()
+        assert r.underflow_rate == pytest.approx(under, rel=1e-5)
+        assert r.largest_n == g["n_samples"].max()
+        assert r.cells == len(g)
+    md = (report / "tables" / "summary.md").read_text()
+    assert md.startswith("| estimator | dtype |") and md.count("\n") == len(summary) + 2
+
+
+def test_html_is_self_contained(report):
+    page = (report / "report.html").read_text()
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//|file:|figures/)""", page)
+    srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
+    assert len(srcs) == len(FIGURE_STEMS)
+    for s in srcs:
+        assert s.startswith("data:image/png;base64,")
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (report / "report.md").read_text()
+    for stem in FIGURE_STEMS:
+        assert f"(figures/{stem}.png)" in md
+
+
+def _pooled(g: pd.DataFrame) -> float:
+    return float((g["underflow_rate"] * g["n_estimates"]).round().sum() / g["n_estimates"].sum())
+
+
+def test_findings_match_cells_csv(report):
+    """Recompute each finding's numbers from cells.csv / loglik.csv.gz and find them in the sentence."""
+    d = load(report)
+    cells = pd.read_csv(report / "cells.csv")
+    ok = cells[cells["status"] == "ok"]
+    texts = [f.sentence for f in findings(d)]
+    assert len(texts) >= 6 and all(t.endswith(".") for t in texts)
+
+    f = finding_prob_underflow(d)
+    for dt in ("bfloat16", "float32", "float64"):
+        g = ok[(ok["estimator"] == "prob_space") & (ok["dtype"] == dt)]
+        rate = _pooled(g)
+        assert f.numbers[f"{dt}.rate"] == pytest.approx(rate)
+        assert f"{fmt_pct(rate)}{' of its estimates' if dt == 'bfloat16' else ''} at {dt}" in f.sentence
+        low = min(_pooled(h) for _, h in g.groupby("n_samples"))
+        assert f.numbers[f"{dt}.min_over_n"] == pytest.approx(low)
+    assert f.numbers["float64.rate"] == 0 and f.numbers["float32.rate"] == 1  # untrained K=2: all terms 0
+
+    f = finding_log_underflow(d)
+    log = ok[ok["space"] == "log"]
+    n = int(log["n_estimates"].sum())
+    assert (log["underflow_rate"] == 0).all()
+    assert f.sentence.startswith("Log space never underflowed") and f"{n:,} estimates" in f.sentence
+
+    f = finding_rounding(d)
+    for dt in ("bfloat16", "float32"):
+        med = ok.loc[(ok["estimator"] == "log_space") & (ok["dtype"] == dt), "rounding_error_mean"].median()
+        assert f.numbers[dt] == pytest.approx(med)
+        assert f"{fmt_num(med)} nats at {dt}" in f.sentence
+    assert f.numbers["bfloat16"] > f.numbers["float32"] > 0
+
+    f = finding_nonfinite(d)
+    assert (ok["nonfinite_rate"] == 0).all() and f"{len(ok):,} measured cells" in f.sentence
+
+    ll = pd.read_csv(report / "loglik.csv.gz")["loglik"].to_numpy()
+    f = finding_loglik(d)
+    below = float(np.mean(ll < dtype_facts("float32").log_min_subnormal))
+    assert f.numbers["below_float32"] == pytest.approx(below)
+    assert f"{fmt_pct(below)} of the draws lie below float32's underflow floor (−103.3)" in f.sentence
+    assert f"from {fmt_num(ll.min())} to {fmt_num(ll.max())} nats" in f.sentence
+
+    md = (report / "report.md").read_text()
+    assert all(f"- {t}" in md for t in texts)
+
+
+def test_report_is_byte_stable(report, tmp_path):
+    """A second report of the same run (via the CLI, elsewhere) is byte-identical."""
+    assert main(["report", str(report), "--out", str(tmp_path / "again")]) == 0
+    first, second = _tree(report), _tree(tmp_path / "again")
+    assert first.keys() == second.keys()
+    assert [k for k in first if first[k] != second[k]] == []
+
+
+def test_not_a_run(tmp_path, capsys):
+    with pytest.raises(RunError, match="not a run: meta.json is missing"):
+        write_report(tmp_path)
+    with pytest.raises(RunError, match="no such run directory"):
+        write_report(tmp_path / "absent")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "meta.json is missing" in capsys.readouterr().err
+
+
+def _copy(run_dir: Path, dest: Path) -> Path:
+    shutil.copytree(run_dir, dest, ignore=shutil.ignore_patterns("parts", "figures", "tables", "report.*"))
+    return dest
+
+
+def _meta(path: Path, **changes) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    for k, v in changes.items():
+        if v is None:
+            meta.pop(k, None)
+        else:
+            meta[k] = v
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
+def test_partial_run_reports_what_is_missing(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path / "partial")
+    (run / "raw.parquet").unlink()
+    (run / "loglik.csv.gz").unlink()
+    cells = pd.read_csv(run / "cells.csv")
+    cells[cells["n_samples"] != 100].to_csv(run / "cells.csv", index=False)
+    meta = json.loads((run / "meta.json").read_text())
+    _meta(run, status="interrupted", format_version=None,
+          models={**meta["models"], "untrained-k2/logits": "0" * 64})
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "**Note:** This run is incomplete" in md
+    assert "loglik.csv.gz is missing" in md and "Not drawn: the run has no loglik.csv.gz" in md
+    assert "raw.parquet or raw.csv.gz) is missing" in md
+    assert "status is 'interrupted'" in md
+    n_lost = int((cells["n_samples"] == 100).sum())
+    assert f"{n_lost} of the {len(cells)} cells of the grid are not in cells.csv" in md
+    assert "results format None" in md
+    assert "is not the one the run measured (000000000000)" in md  # Figure 7 is skipped, with why
+    figs = {p.stem for p in (run / "figures").glob("*.png")}
+    assert figs == set(FIGURE_STEMS) - {"fig4_loglik", "fig7_k2"}
+    assert "Probability space (prob_space)" in md  # the rest is still reported
+
+
+def test_runs_that_cannot_be_reported(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path / "nocells")
+    (run / "cells.csv").unlink()
+    with pytest.raises(RunError, match="cells.csv is missing"):
+        write_report(run)
+    run = _copy(run_dir, tmp_path / "newer")
+    _meta(run, format_version=99)
+    with pytest.raises(RunError, match="newer lvm-bench"):
+        write_report(run)
+    run = _copy(run_dir, tmp_path / "columns")
+    pd.DataFrame({"a": [1]}).to_csv(run / "cells.csv", index=False)
+    with pytest.raises(RunError, match="lacks the column"):
+        write_report(run)
+
+
+def test_run_with_only_skipped_cells(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path / "skipped")
+    cells = pd.read_csv(run / "cells.csv")
+    cells[cells["status"] != "ok"].to_csv(run / "cells.csv", index=False)
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "No measured cell" in md and "CUDA is not available" in md
+    assert not list((run / "figures").glob("*.png"))
+
+
+def test_load_keeps_all_rows(report):
+    d = load(report)
+    assert isinstance(d, RunData) and len(d.cells) == len(pd.read_csv(report / "cells.csv"))
+
+
+def _chromium() -> str | None:
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_html_renders_in_headless_chromium(report, tmp_path):
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Chromium is not installed (set CHROMIUM or install the chromium package) to render "
+                    "report.html headlessly")
+    probe = ("<script>window.addEventListener('load',()=>{document.body.setAttribute('data-widths',"
+             "[...document.images].map(i=>i.complete?i.naturalWidth:0).join(','))})</script></body>")
+    page = (report / "report.html").read_text().replace("</body>", probe)
+    (tmp_path / "probe.html").write_text(page)
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--virtual-time-budget=5000"]
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [exe, *flags, f"--user-data-dir={profile}", "--dump-dom", (tmp_path / "probe.html").as_uri()]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r'data-widths="([^"]*)"', out.stdout)
+    assert m, out.stderr[-2000:]
+    widths = [int(w) for w in m.group(1).split(",")]
+    assert len(widths) == len(FIGURE_STEMS) and all(w > 300 for w in widths), widths
