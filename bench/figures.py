@@ -156,8 +156,15 @@ def _legend(fig: Figure, handles: list, ncols: int | None = None) -> None:
                frameon=False, handlelength=2.4, columnspacing=1.4)
 
 
-def _first_column(axes: dict, ncol: int) -> list:
-    return [ax for i, ax in enumerate(axes.values()) if i % max(1, min(ncol, len(axes))) == 0]
+def _ylabel(fig: Figure, axes: dict, ncol: int, text: str) -> None:
+    """One y label for the figure when it is tall, else one per row (two lines) that fits a row."""
+    ncol = max(1, min(ncol, len(axes)))
+    if math.ceil(len(axes) / ncol) >= 3:
+        fig.supylabel(text.replace("\n", " "), fontsize=9)
+        return
+    for i, ax in enumerate(axes.values()):
+        if i % ncol == 0:
+            ax.set_ylabel(text)
 
 
 def _ref_slope(ax, sub: pd.DataFrame, y: str) -> None:
@@ -218,8 +225,7 @@ def underflow_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
         ax.set(xscale="log", ylim=(-0.06, 1.06), xlabel="", ylabel="", title=f"{e} · {m}")
         ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0, decimals=0))
     fig.supxlabel(N_LABEL, fontsize=9)
-    for ax in _first_column(axes, n_est):
-        ax.set_ylabel("underflow rate\n(% of estimates = −∞)")
+    _ylabel(fig, axes, n_est, "underflow rate\n(% of estimates = −∞)")
     handles = _dtype_handles(o.dtypes) + [
         Line2D([], [], color="0.3", ls="-" if dashes[v] == "" else (0, dashes[v]), lw=1.3, label=v)
         for v in variants]
@@ -323,8 +329,7 @@ def variance_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
         _ref_slope(ax, sub[~low], "variance")
         ax.set(xscale="log", yscale="log", xlabel="", ylabel="", title=m)
     fig.supxlabel(N_LABEL, fontsize=9)
-    for ax in _first_column(axes, ncol):
-        ax.set_ylabel("variance of the estimate\n(nats², log scale)")
+    _ylabel(fig, axes, ncol, "variance of the estimate\n(nats², log scale)")
     handles = _dtype_handles(o.dtypes) + _marker_handles(o.estimators) + [REF_HANDLE]
     if floored:
         handles.append(Line2D([], [], color="0.6", marker="v", ms=8, mec="k", mew=0.6, ls="none",
@@ -346,10 +351,11 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
     spec = FigureSpec("fig4_loglik", "Why probability space fails: log p(x|z) against each dtype's floor",
                       "Distribution of log p(x|z_i) in nats, computed in float64, over prior draws z_i for "
                       "each of the run's test digits (all digits pooled; 80 bins over each panel's range). "
-                      "Vertical lines: the log of each "
-                      "dtype's smallest subnormal number; a term whose log-likelihood lies left of its "
-                      "dtype's line is exactly 0 in that dtype, and a probability-space estimate is −∞ "
-                      "when all its N terms are. Panel titles give the share of draws left of each line.")
+                      "Vertical lines: the log of each dtype's smallest positive (subnormal) number; a "
+                      "term left of its dtype's line cannot be represented in that dtype and rounds to 0 "
+                      "(to the smallest subnormal if within log 2 of the line), and a probability-space "
+                      "estimate is −∞ when all its N terms are 0. Panel titles give the share of draws left "
+                      "of each line.")
     if loglik is None or loglik.empty:
         spec.skipped = "the run has no loglik.csv.gz (the per-draw log-likelihoods), so it cannot be drawn."
         return spec
@@ -509,13 +515,15 @@ def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
 
 def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> FigureSpec:
     """Decoded digits and one digit's posterior; ``entries``: dicts with name, model, x, skip."""
+    zero = f"{dtype_facts('float32').log_min_subnormal - math.log(2):.1f}".replace("-", "−")
     spec = FigureSpec("fig7_k2", "K = 2: decoded digits, and where the prior samples land",
                       f"One row per K = 2 model. Left: test digit 0 of the run. Middle: the decoder's "
                       f"pixel means sigmoid(logits) on a 15 × 15 grid of z in [−{span:g}, {span:g}]². "
                       f"Right: that digit's posterior log p(z|x) = log p(x|z) + log p(z) + const on a "
                       f"grid (float64, relative to its maximum, clipped at −40 nats), with {n_prior} "
-                      "seeded prior draws z_i: blue where p(x|z_i) is non-zero in float32, black × where "
-                      "it rounds to 0. A probability-space float32 estimate is −∞ unless some draw is blue.")
+                      "prior draws z_i (the same as in Figure 4): blue where exp(log p(x|z_i)) computed in "
+                      f"float32 is non-zero, black × where it rounds to 0 (log p(x|z_i) below about {zero}). "
+                      "A probability-space float32 estimate is −∞ unless some draw is blue.")
     rows = [e for e in entries if e.get("model") is not None]
     if not rows:
         why = "; ".join(e["skip"] for e in entries if e.get("skip")) or "the run has no K = 2 model."
@@ -527,7 +535,6 @@ def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> Figure
 
     fig = Figure(figsize=(8.4, 3.2 * len(rows) + 0.6), layout="constrained")
     gs = fig.add_gridspec(len(rows), 3, width_ratios=[0.55, 1, 1.12])
-    f32_floor = dtype_facts("float32").log_min_subnormal
     n = 121
     ticks = torch.linspace(-span - 0.5, span + 0.5, n, dtype=torch.float64)
     zz = torch.stack(torch.meshgrid(ticks, ticks.flip(0), indexing="xy"), -1).reshape(-1, 2)
@@ -558,9 +565,8 @@ def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> Figure
         ax2.grid(False)
         cb = fig.colorbar(im, ax=ax2, shrink=0.85, pad=0.02)
         cb.set_label("log p(z|x) − max (nats)")
-    floor = f"{f32_floor:.1f}".replace("-", "−")
     _legend(fig, [Line2D([], [], marker="o", ms=6, color=DTYPE_COLORS["float32"], mec="white", ls="none",
-                         label=f"prior draw with p(x|z) > 0 in float32 (log p(x|z) ≥ {floor})"),
+                         label="prior draw with p(x|z) > 0 in float32"),
                   Line2D([], [], marker="x", ms=5, mew=0.8, color="k", ls="none",
                          label="prior draw with p(x|z) = 0 in float32")])
     spec.figure = fig

@@ -83,9 +83,10 @@ def load(run_dir: str | os.PathLike) -> RunData:
         raise RunError(f"{root}: results format {version} was written by a newer lvm-bench; this one "
                        f"reads format {FORMAT_VERSION}: upgrade lvm-bench to report it")
     if version != FORMAT_VERSION:
-        missing.append(f"meta.json has results format {version!r} (this lvm-bench writes format "
-                       f"{FORMAT_VERSION}); the report shows what it can read, and regenerating the run "
-                       "with `lvm-bench run` gives the full report")
+        what = "no format_version (an older results format)" if version is None else \
+            f"results format {version!r}"
+        missing.append(f"meta.json has {what}, and this lvm-bench writes format {FORMAT_VERSION}: the "
+                       "report shows what it can read; rerun the sweep with `lvm-bench run` for a full one")
     path = root / "cells.csv"
     if not path.exists():
         raise RunError(f"{root}: cells.csv is missing, so there is nothing to report (the run finished "
@@ -355,9 +356,10 @@ def finding_loglik(d: RunData) -> Finding | None:
     return Finding(f"Over {per} prior draws per digit and {_n(ll['model'].nunique(), 'model')}, log p(x|z) "
                    "ranged "
                    f"from {fmt_num(nums['min'])} to {fmt_num(nums['max'])} nats: "
-                   f"{fmt_pct(nums['below_float32'])} of the draws lie below float32's underflow floor "
-                   f"({f32:.1f}), where p(x|z) is exactly 0, and {fmt_pct(nums['below_float64'])} below "
-                   f"float64's ({f64:.1f}).".replace("-", "−"), nums)
+                   f"{fmt_pct(nums['below_float32'])} of the draws lie below the log of float32's "
+                   f"smallest positive number ({f32:.1f}), so their p(x|z) is 0 in float32 (or one "
+                   f"subnormal), and {fmt_pct(nums['below_float64'])} below float64's ({f64:.1f})."
+                   .replace("-", "−"), nums)
 
 
 FINDINGS: tuple[Callable[[RunData], Finding | None], ...] = (
@@ -603,7 +605,7 @@ def _blocks(d: RunData, found: list[Finding], summary: pd.DataFrame,
     rows = ", ".join(f"{counts[s]:,} {s}" for s in sorted(counts.index))
     b.append(("p", f"{_n(len(ok), 'measured cell')} (rows of cells.csv: {rows}), each on "
                    f"{run.get('n_data', '?')} test digits × {run.get('repeats', '?')} "
-                   "repeats each. Errors are in nats; ground truth is log p(x) from quadrature or a large "
+                   "repeats. Errors are in nats; ground truth is log p(x) from quadrature or a large "
                    "importance-sampling run (see Environment)."))
     if d.missing:
         b.append(("note", "This run is incomplete or partly unreadable; see “What is missing” below."))

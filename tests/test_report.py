@@ -166,7 +166,8 @@ def test_findings_match_cells_csv(report):
     f = finding_loglik(d)
     below = float(np.mean(ll < dtype_facts("float32").log_min_subnormal))
     assert f.numbers["below_float32"] == pytest.approx(below)
-    assert f"{fmt_pct(below)} of the draws lie below float32's underflow floor (−103.3)" in f.sentence
+    assert f"{fmt_pct(below)} of the draws lie below the log of float32's smallest positive number (−103.3)" \
+        in f.sentence
     assert f"from {fmt_num(ll.min())} to {fmt_num(ll.max())} nats" in f.sentence
 
     md = (report / "report.md").read_text()
@@ -222,7 +223,7 @@ def test_partial_run_reports_what_is_missing(run_dir, tmp_path):
     assert "status is 'interrupted'" in md
     n_lost = int((cells["n_samples"] == 100).sum())
     assert f"{n_lost} of the {len(cells)} cells of the grid are not in cells.csv" in md
-    assert "results format None" in md
+    assert "meta.json has no format_version (an older results format)" in md
     assert "is not the one the run measured (000000000000)" in md  # Figure 7 is skipped, with why
     figs = {p.stem for p in (run / "figures").glob("*.png")}
     assert figs == set(FIGURE_STEMS) - {"fig4_loglik", "fig7_k2"}
