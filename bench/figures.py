@@ -33,6 +33,15 @@ ESTIMATOR_MARKERS = {"prob_space": "o", "prob_space_exp": "s", "log_space": "^",
 PARAM_DASHES = {"logits": "", "probs": (4, 2)}
 DATA_FLOP_PER_TERM = 2 * 784  # one log-likelihood term: a length-784 dot product in the data matmul
 DPI = 110
+TITLES = {
+    "fig1_underflow": "Underflow rate against N",
+    "fig2_bias": "Bias, rounding error and Monte Carlo bias against N",
+    "fig3_variance": "Variance against N",
+    "fig4_loglik": "Why probability space fails: log p(x|z) against each dtype's floor",
+    "fig5_throughput": "Throughput against the machine's matrix-product peak",
+    "fig6_heatmap": "Underflow rate over N and latent dimension K",
+    "fig7_k2": "K = 2: decoded digits, and where the prior samples land",
+}
 FLOOR_DECADES = 8
 SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 N_LABEL = "N, prior samples per estimate (log scale)"
@@ -188,7 +197,7 @@ def _positive(d: pd.DataFrame, col: str) -> pd.DataFrame:
 
 
 def underflow_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
-    spec = FigureSpec("fig1_underflow", "Underflow rate against N",
+    spec = FigureSpec("fig1_underflow", TITLES["fig1_underflow"],
                       "Share of the estimates of log p(x) (test digits × repeats) that came out −∞, i.e. "
                       "every term p(x|z_i) rounded to 0, against N. Colour: dtype; line style: likelihood "
                       "parametrization; vertical bars: Wilson 95% intervals. Points of different dtypes "
@@ -244,7 +253,7 @@ BIAS_COLUMNS = [("abs_bias", "|bias|: |mean(estimate − truth)|"),
 
 def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
     par, dev = o.parametrization, o.device
-    spec = FigureSpec("fig2_bias", "Bias, rounding error and Monte Carlo bias against N",
+    spec = FigureSpec("fig2_bias", TITLES["fig2_bias"],
                       f"Log-log, {par} parametrization on {dev}. Left: total error of the estimate against "
                       "the ground truth; middle: the part due to rounding alone, the distance from the "
                       "float64 log-space estimate on the very same prior draws (the float64 replay); "
@@ -299,7 +308,7 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
 
 def variance_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
     par, dev = o.parametrization, o.device
-    spec = FigureSpec("fig3_variance", "Variance against N",
+    spec = FigureSpec("fig3_variance", TITLES["fig3_variance"],
                       f"Variance of the estimate of log p(x) across repeats (nats², mean over test digits), "
                       f"log-log, {par} parametrization on {dev}. Colour: dtype; marker: estimator; dotted "
                       "grey: a 1/N slope for reference. Cells where fewer than two repeats of a digit were "
@@ -348,7 +357,7 @@ def variance_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
 
 
 def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]) -> FigureSpec:
-    spec = FigureSpec("fig4_loglik", "Why probability space fails: log p(x|z) against each dtype's floor",
+    spec = FigureSpec("fig4_loglik", TITLES["fig4_loglik"],
                       "Distribution of log p(x|z_i) in nats, computed in float64, over prior draws z_i for "
                       "each of the run's test digits (all digits pooled; 80 bins over each panel's range). "
                       "Vertical lines: the log of each dtype's smallest positive (subnormal) number; a "
@@ -392,7 +401,7 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
 
 def throughput(ok: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
     par = o.parametrization
-    spec = FigureSpec("fig5_throughput", "Throughput against the machine's matrix-product peak",
+    spec = FigureSpec("fig5_throughput", TITLES["fig5_throughput"],
                       f"Log-likelihood terms p(x_b|z_i) evaluated per second at each dtype's largest N, "
                       f"{par} parametrization; point: median over models (marker: estimator), whisker: "
                       "their range. "
@@ -453,7 +462,7 @@ def throughput(ok: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
 
 
 def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
-    spec = FigureSpec("fig6_heatmap", "Underflow rate over N and latent dimension K",
+    spec = FigureSpec("fig6_heatmap", TITLES["fig6_heatmap"],
                       "Share of estimates equal to −∞ for each N (columns) and model (rows, sorted by "
                       "latent dimension K), per estimator (rows of panels) and dtype (columns of panels, "
                       "title in the dtype's colour); mean over parametrizations and devices. Hatched: "
@@ -516,7 +525,7 @@ def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
 def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> FigureSpec:
     """Decoded digits and one digit's posterior; ``entries``: dicts with name, model, x, skip."""
     zero = f"{dtype_facts('float32').log_min_subnormal - math.log(2):.1f}".replace("-", "−")
-    spec = FigureSpec("fig7_k2", "K = 2: decoded digits, and where the prior samples land",
+    spec = FigureSpec("fig7_k2", TITLES["fig7_k2"],
                       f"One row per K = 2 model. Left: test digit 0 of the run. Middle: the decoder's "
                       f"pixel means sigmoid(logits) on a 15 × 15 grid of z in [−{span:g}, {span:g}]². "
                       f"Right: that digit's posterior log p(z|x) = log p(x|z) + log p(z) + const on a "

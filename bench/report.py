@@ -34,8 +34,7 @@ METRICS = ("n_data", "repeats", "n_estimates", "n_finite", "underflow_rate", "un
            "rmse", "ess", "truth_se_max", "underflow_threshold", "unit_roundoff", "time_median_s",
            "time_iqr_s", "time_runs", "terms_per_s", "estimates_per_s", "peak_memory_mb", "wall_s",
            "latent_dim")
-FIGURE_STEMS = ("fig1_underflow", "fig2_bias", "fig3_variance", "fig4_loglik", "fig5_throughput",
-                "fig6_heatmap", "fig7_k2")
+FIGURE_STEMS = tuple(F.TITLES)
 
 
 @dataclass
@@ -509,7 +508,7 @@ def build_figures(d: RunData) -> list[F.FigureSpec]:
     """All seven figures (drawn or with the reason they are not)."""
     ok, o = d.ok, d.order
     if ok.empty:
-        return [F.FigureSpec(s, s, "", skipped="the run has no measured cell.") for s in FIGURE_STEMS]
+        return [F.FigureSpec(s, t, "", skipped="the run has no measured cell.") for s, t in F.TITLES.items()]
     from .sweep import LOGLIK_SAMPLES
 
     return [F.underflow_vs_n(ok, o), F.bias_vs_n(ok, o), F.variance_vs_n(ok, o),

@@ -252,6 +252,7 @@ def test_run_with_only_skipped_cells(run_dir, tmp_path):
     write_report(run)
     md = (run / "report.md").read_text()
     assert "No measured cell" in md and "CUDA is not available" in md
+    assert "### Figure 1. Underflow rate against N\n\n*Not drawn: the run has no measured cell.*" in md
     assert not list((run / "figures").glob("*.png"))
 
 
