@@ -78,9 +78,10 @@ class RunStore:
         if resume and not self.exists():
             raise RunError(f"--resume: {self.root} holds no run to resume")
         if force and not resume and self.exists():
-            for name in ("parts", "figures"):
+            for name in ("parts", "figures", "tables"):
                 shutil.rmtree(self.root / name, ignore_errors=True)
-            for f in ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz"):
+            for f in ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz",
+                      "report.md", "report.html"):
                 (self.root / f).unlink(missing_ok=True)
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
