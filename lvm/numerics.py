@@ -138,7 +138,9 @@ def logsumexp(a: torch.Tensor, dim: int = -1, *,
     (the remedy for float16 overflow past 65,504); the result is returned in it.
     """
     acc = accumulate_dtype or a.dtype
-    dim = dim % a.dim() if a.dim() else 0
+    if a.dim() == 0:
+        a = a.reshape(1)  # a scalar is a one-term sum, as in scipy
+    dim = dim % a.dim()
     shape = tuple(s for i, s in enumerate(a.shape) if i != dim)
     state = LogSumExpState(shape, dtype=acc, device=a.device)
     return state.update(a, dim).result()
