@@ -1,0 +1,85 @@
+"""Shared fixtures: one torch thread, and the seeded models the core tests use.
+
+Threads: float32 reductions round differently depending on how work is split across
+threads, and the CI and development machines are small and shared, so every test runs
+with ``LVM_TEST_THREADS`` torch threads (default 1). Tests that compare two runs bit for
+bit always compare runs made at the same thread count within one process.
+
+Allocator: the estimators allocate and free the same few-MB temporaries once per chunk.
+glibc serves blocks above its mmap threshold (128 KiB until it adapts) with fresh
+mmaps, so every chunk paid ~10^4 page faults: measured 2 s instead of 0.5 s per
+N = 10^5 estimate, mostly system time. Pinning the thresholds at 32 / 64 MiB keeps such
+blocks on the heap (the process keeps up to 64 MiB it no longer uses; nothing else changes).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import sys
+
+import pytest
+import torch
+
+import lvm
+
+THREADS = int(os.environ.get("LVM_TEST_THREADS", "1"))
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc <malloc.h>
+
+
+def _keep_temporaries_on_heap() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
+        pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads():
+    _keep_temporaries_on_heap()
+    before = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lg2() -> lvm.LinearGaussianLVM:
+    """D = 784, K = 2, sigma = 0.5, scale 1: posterior variance 1/5 of the prior's per axis."""
+    return lvm.LinearGaussianLVM.random(784, 2, sigma=0.5, scale=1.0, seed=1)
+
+
+@pytest.fixture(scope="session")
+def lg10() -> lvm.LinearGaussianLVM:
+    """D = 784, K = 10, sigma = 0.5, scale 0.5 (posterior variance 1/2 of the prior's per axis).
+
+    At scale 1 each posterior axis is 5x narrower than the prior and Var(w) of the prior
+    importance weights is of order 5^10 (3.0e4 and 5.5e4 on the two samples test_estimators
+    uses): at N = 10^5 the Jensen bias Var(w) / 2N (0.15-0.27 nats) is then as large as the
+    standard error of 10 repeats and the heavy-tailed weights make that SE unreliable, so
+    the check would measure Monte Carlo error, not numerics. At scale 0.5 Var(w) = 215, 620.
+    """
+    return lvm.LinearGaussianLVM.random(784, 10, sigma=0.5, scale=0.5, seed=1)
+
+
+@pytest.fixture(scope="session")
+def part2() -> lvm.BernoulliLVM:
+    """The textbook "part 2" model: seed_decoder defaults, probabilities out."""
+    return lvm.BernoulliLVM(lvm.seed_decoder(2), 2, "probs")
+
+
+@pytest.fixture(scope="session")
+def part4() -> lvm.BernoulliLVM:
+    """The "part 4" model: 3 x 512 hidden ELU layers, logits out."""
+    return lvm.BernoulliLVM(lvm.seed_decoder(2, hidden=512, layers=3, output="logits"), 2)
+
+
+@pytest.fixture(scope="session")
+def binary_x(part2) -> torch.Tensor:
+    """Eight binary 784-pixel images drawn from the part-2 model (float32 0/1)."""
+    return part2.sample_x(8, torch.Generator().manual_seed(0))
