@@ -15,6 +15,7 @@ seed at float64 separates rounding error from Monte Carlo error.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -140,26 +141,65 @@ def _prob_terms(model, x, z, corr, dtype, device, form) -> torch.Tensor:
     return torch.stack(rows) * torch.exp(corr).to(device=device, dtype=dtype)
 
 
-class _Diagnostics:
-    """Zero / non-finite term counts and the float64 ESS of the weights."""
+@functools.cache
+def _zero_cutoff(dtype: torch.dtype, device: torch.device) -> float:
+    """The largest value of ``dtype`` whose exp, computed in ``dtype`` on ``device``, is 0."""
+    fi = torch.finfo(dtype)
+    lo = torch.tensor(math.log(fi.tiny * fi.eps) - 2, dtype=dtype, device=device)  # exp(lo) == 0
+    hi = torch.tensor(math.log(fi.tiny * fi.eps) + 1, dtype=dtype, device=device)  # exp(hi) > 0
+    assert torch.exp(lo) == 0 and torch.exp(hi) > 0
+    while True:
+        nxt = torch.nextafter(lo, hi)
+        if nxt == hi:
+            return float(lo)
+        mid = ((lo.double() + hi.double()) / 2).to(dtype)
+        if mid in (lo, hi):
+            mid = nxt
+        if torch.exp(mid) == 0:
+            lo = mid
+        else:
+            hi = mid
 
-    def __init__(self, B: int, device):
+
+class _Diagnostics:
+    """Zero / non-finite term counts and the ESS of the weights, in one float64 pass.
+
+    ESS = (sum w)^2 / sum w^2, streamed as a running max m and the sums of
+    exp(lw - m) and exp(2 (lw - m)): the same shift serves both sums.
+    """
+
+    def __init__(self, B: int, device, dtype: torch.dtype = torch.float64):
         self.zero = torch.zeros(B, dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros(B, dtype=torch.int64, device=device)
-        self.lse1 = LogSumExpState((B,), dtype=torch.float64, device=device)
-        self.lse2 = LogSumExpState((B,), dtype=torch.float64, device=device)
+        self.dtype = dtype
+        self.m = torch.full((B,), -math.inf, dtype=dtype, device=device)
+        self.s1 = torch.zeros(B, dtype=dtype, device=device)
+        self.s2 = torch.zeros(B, dtype=dtype, device=device)
 
-    def add(self, terms: torch.Tensor, log_w: torch.Tensor) -> None:
-        self.zero += (terms == 0).sum(-1)
+    def add(self, terms: torch.Tensor | None, log_w: torch.Tensor) -> None:
+        """Count zero and NaN/+inf terms; ``terms=None`` means exp(log_w) in log_w's dtype."""
+        if terms is None:  # exp(lw) == 0 exactly when lw <= the dtype's cutoff: one compare, no exp
+            self.zero += (log_w <= _zero_cutoff(log_w.dtype, log_w.device)).sum(-1)
+            terms = log_w
+        else:
+            self.zero += (terms == 0).sum(-1)
         self.nonfinite += (torch.isnan(terms) | (terms == math.inf)).sum(-1)
-        lw = log_w.to(torch.float64)
-        lw = torch.where(torch.isnan(lw), -math.inf, lw)
-        self.lse1.update(lw)
-        self.lse2.update(2 * lw)
+        lw = torch.nan_to_num(log_w.to(self.dtype), nan=-math.inf, posinf=-math.inf)
+        m_c = torch.maximum(lw.amax(-1), self.m)
+        shift = torch.where(m_c == -math.inf, 0.0, m_c)
+        e = torch.exp(lw - shift[:, None])
+        scale = torch.exp(self.m - shift)
+        self.s1 = self.s1 * scale + e.sum(-1)
+        self.s2 = self.s2 * scale * scale + (e * e).sum(-1)
+        self.m = m_c
 
     def ess(self) -> torch.Tensor:
-        ess = torch.exp(2 * self.lse1.result() - self.lse2.result())
-        return torch.nan_to_num(ess, nan=0.0).cpu()
+        return torch.nan_to_num(self.s1 * self.s1 / self.s2, nan=0.0).to(torch.float64).cpu()
+
+
+def _diag_dtype(dt: torch.dtype) -> torch.dtype:
+    """ESS bookkeeping precision: float64 for float64 runs, float32 otherwise (a diagnostic)."""
+    return torch.float64 if dt == torch.float64 else torch.float32
 
 
 @torch.no_grad()
@@ -171,11 +211,11 @@ def log_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtyp
     acc = parse_dtype(accumulate_dtype, argument="accumulate_dtype") if accumulate_dtype else dt
     chunk = chunk_size or (2048 if proposal is None else 256)
     state = LogSumExpState((len(x),), dtype=acc, device=dev)
-    diag = _Diagnostics(len(x), dev)
+    diag = _Diagnostics(len(x), dev, _diag_dtype(dt))
     for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
         ll = _log_terms(model, x, z, corr, dt, dev)
         state.update(ll)
-        diag.add(torch.exp(ll), ll)
+        diag.add(None, ll)
     log_px = state.result().to(torch.float64).cpu() - math.log(n)
     return Estimate("log_space", dtype_name(dt), n, log_px, diag.zero.cpu(), diag.nonfinite.cpu(),
                     diag.ess(), {"accumulate_dtype": dtype_name(acc), "seed": seed})
@@ -199,11 +239,11 @@ def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dty
     B = len(x)
     chunk = chunk_size or (max(1, 2**22 // (B * x.shape[1])) if form == "product" else 2048)
     total = torch.zeros(B, dtype=dt, device=dev)
-    diag = _Diagnostics(B, dev)
+    diag = _Diagnostics(B, dev, _diag_dtype(dt))
     for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
         terms = _prob_terms(model, x, z, corr, dt, dev, form)
         total += terms.sum(-1)
-        diag.add(terms, torch.log(terms.to(torch.float64)))
+        diag.add(terms, torch.log(terms.to(_diag_dtype(dt))))
     log_px = torch.log(total / n).to(torch.float64).cpu()
     return Estimate("prob_space", dtype_name(dt), n, log_px, diag.zero.cpu(),
                     diag.nonfinite.cpu(), diag.ess(), {"form": form, "seed": seed})
