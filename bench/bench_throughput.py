@@ -23,7 +23,7 @@ import scipy.special
 import torch
 
 import lvm
-from bench.bench_estimators import THREADS
+from bench.bench_estimators import _threads  # noqa: F401 - the same one-thread fixture
 
 params = (["float16", "bfloat16", "float32", "float64"], ["log_space", "log_space_acc32", "prob_space_exp"])
 param_names = ("dtype", "estimator")
@@ -40,14 +40,6 @@ def flops(m: lvm.BernoulliLVM, b: int, n: int) -> float:
     """Multiply-adds x 2 of the decoder on n draws plus the [b, D] x [D, n] data product."""
     dec = sum(2 * p.numel() for name, p in m.decoder.named_parameters() if name.endswith("weight"))
     return n * dec + 2.0 * b * n * D
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tiny import tiny_toml
 
 import bench.sweep
 from bench.cli import main
@@ -29,24 +30,9 @@ from bench.config import PARAM_NAMES
 
 # tests/test_sweep.py's TINY, smaller: 2 estimators x 2 dtypes x 2 N, one model and parametrization;
 # the cuda cells are skipped on a machine without CUDA (cells that neither run measured).
-TINY = """
-[run]
-name = "tiny-compare"
-seed = 3
-n_data = 4
-repeats = 3
-warmup = 0
-reference = "importance"
-reference_samples = 500
-
-[grid]
-estimator = ["prob_space", "log_space"]
-dtype = ["float32", "float64"]
-n_samples = [10, 100]
-model = ["untrained-k2"]
-parametrization = ["logits"]
-device = ["cpu", "cuda"]
-"""
+TINY = tiny_toml(run={"name": "tiny-compare", "n_data": 4, "reference_samples": 500},
+                 grid={"estimator": ["prob_space", "log_space"], "dtype": ["float32", "float64"],
+                       "n_samples": [10, 100], "parametrization": ["logits"]})
 OFFSET = 1.0  # nats the degraded estimator adds to every log-space estimate
 
 

@@ -12,33 +12,20 @@ import pytest
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
+from tiny import tiny_toml  # noqa: E402
+
 from bench.config import load_config  # noqa: E402
 from bench.executors import DaskExecutor  # noqa: E402
 from bench.sweep import TIMING_COLUMNS, run  # noqa: E402
 
-GRID = ["--set", "grid.estimator=prob_space,log_space", "--set", "grid.dtype=float32,float64"]
-
 
 def _config(tmp_path, n_samples="10,100,1000"):
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text(f"""
-[run]
-name = "dask"
-seed = 5
-n_data = 4
-repeats = 2
-warmup = 0
-reference = "importance"
-reference_samples = 2000
+    cfg.write_text(tiny_toml(
+        run={"name": "dask", "seed": 5, "n_data": 4, "repeats": 2},
+        grid={"estimator": ["prob_space", "log_space"], "dtype": ["float32", "float64"],
+              "n_samples": [int(n) for n in n_samples.split(",")]}))
 
-[grid]
-estimator = ["prob_space", "log_space"]
-dtype = ["float32", "float64"]
-n_samples = [{n_samples}]
-model = ["untrained-k2"]
-parametrization = ["logits", "probs"]
-device = ["cpu", "cuda"]
-""")
     return load_config(str(cfg))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
+from tiny import tiny_toml
 
 from bench.cli import main
 from bench.report import (
@@ -34,24 +35,7 @@ from bench.report import (
 from bench.store import RunError
 from lvm.numerics import dtype_facts
 
-TINY = """
-[run]
-name = "tiny-report"
-seed = 3
-n_data = 6
-repeats = 3
-warmup = 0
-reference = "importance"
-reference_samples = 2000
-
-[grid]
-estimator = ["prob_space", "log_space", "log_space_acc32"]
-dtype = ["bfloat16", "float32", "float64"]
-n_samples = [1, 10, 100]
-model = ["untrained-k2"]
-parametrization = ["logits", "probs"]
-device = ["cpu", "cuda"]
-"""
+TINY = tiny_toml(run={"name": "tiny-report"})
 
 
 def _tree(root: Path) -> dict[str, bytes]:

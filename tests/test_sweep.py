@@ -13,30 +13,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import tiny_toml
 
 from bench.cli import main
 from bench.sweep import TIMING_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TINY = """
-[run]
-name = "tiny"
-seed = 3
-n_data = 6
-repeats = 3
-warmup = 0
-reference = "importance"
-reference_samples = 2000
-
-[grid]
-estimator = ["prob_space", "log_space", "log_space_acc32"]
-dtype = ["bfloat16", "float32", "float64"]
-n_samples = [1, 10, 100]
-model = ["untrained-k2"]
-parametrization = ["logits", "probs"]
-device = ["cpu", "cuda"]
-"""
+TINY = tiny_toml()
 
 
 @pytest.fixture(scope="module")
