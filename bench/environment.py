@@ -31,10 +31,22 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def git_info() -> dict:
+def git_info(exclude: str | os.PathLike | None = None) -> dict:
+    """HEAD and whether tracked files differ from it, not counting ``exclude`` (the run's own
+    output directory: re-running a committed baseline rewrites it and is no code change)."""
     rev = _git("rev-parse", "HEAD")
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"revision": rev, "dirty": bool(status) if status is not None else None}
+    args = ["status", "--porcelain", "--untracked-files=no"]
+    if exclude is not None:
+        top = _git("rev-parse", "--show-toplevel")
+        try:
+            rel = Path(exclude).resolve().relative_to(Path(top)) if top else None
+        except ValueError:
+            rel = None
+        if rel is not None:
+            args += ["--", ".", f":(exclude){rel.as_posix()}"]
+    status = _git(*args)
+    return {"revision": rev, "dirty": bool(status) if status is not None else None,
+            "dirty_files": status.splitlines()[:20] if status else []}
 
 
 def versions() -> dict:
@@ -76,6 +88,6 @@ def hardware_key(hw: dict) -> tuple:
             tuple(g.get("name") for g in hw.get("gpus", [])))
 
 
-def describe() -> dict:
-    return {"versions": versions(), "hardware": hardware(), "git": git_info(),
+def describe(exclude: str | os.PathLike | None = None) -> dict:
+    return {"versions": versions(), "hardware": hardware(), "git": git_info(exclude),
             "argv": sys.argv}

@@ -245,7 +245,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
         "skipped_cells": len(skipped), "status": "running",
     })
     meta.setdefault("started", _now())
-    meta.setdefault("environment", environment.describe())
+    meta.setdefault("environment", environment.describe(exclude=store.root))
     meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"], config.run["threads"]))
     meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo)})
     store.write_meta(meta)
