@@ -184,7 +184,7 @@ class _Diagnostics:
         else:
             self.zero += (terms == 0).sum(-1)
         self.nonfinite += (torch.isnan(terms) | (terms == math.inf)).sum(-1)
-        lw = torch.nan_to_num(log_w.to(self.dtype), nan=-math.inf, posinf=-math.inf)
+        lw = torch.nan_to_num(log_w.to(self.dtype), nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
         m_c = torch.maximum(lw.amax(-1), self.m)
         shift = torch.where(m_c == -math.inf, 0.0, m_c)
         e = torch.exp(lw - shift[:, None])

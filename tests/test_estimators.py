@@ -317,3 +317,21 @@ def test_estimator_specific_arguments_are_named(part2):
 def test_decoder_with_wrong_width_never_reaches_an_estimator():
     with pytest.raises(ValueError, match=r"decoder output width is 10; accepted: data_dim=784"):
         lvm.BernoulliLVM(nn.Sequential(nn.Linear(2, 10), nn.Sigmoid()), 2, "probs")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_ess_is_zero_when_every_term_underflows_and_n_when_all_equal(dtype):
+    """ESS = (sum w)^2 / sum w^2: no surviving weight gives 0, N equal weights give N."""
+    x = torch.ones(3, 784)
+    const = lvm.BernoulliLVM(torch.nn.Sequential(torch.nn.Linear(2, 784)), 2)
+    with torch.no_grad():
+        const.decoder[0].weight.zero_()
+        const.decoder[0].bias.fill_(math.log(0.8 / 0.2))  # p = 0.8 everywhere: 0.8^784 underflows
+    const.invalidate()
+    under = lvm.prob_space(const, x, 50, dtype=dtype, form="exp")
+    if dtype == "float64":
+        assert torch.allclose(under.ess, torch.full((3,), 50.0, dtype=torch.float64))
+    else:
+        assert under.underflowed.all() and (under.ess == 0).all()
+    equal = lvm.log_space(const, x, 50, dtype=dtype)
+    assert torch.allclose(equal.ess, torch.full((3,), 50.0, dtype=torch.float64), rtol=1e-3)
