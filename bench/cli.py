@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--k", type=float, default=4.0, help="standard errors that count as a change")
     c.add_argument("--throughput-factor", type=float, default=1.25,
                    help="slow-down factor that counts as a throughput regression")
+    c.add_argument("--min-time", dest="min_time", type=float, default=0.01,
+                   help="seconds: cells whose median timed run is shorter are not judged on throughput")
     c.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     c.add_argument("--output", help="also write the report to this file")
     c.set_defaults(func=_compare)

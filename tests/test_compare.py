@@ -93,7 +93,7 @@ def _label(r) -> str:
 def test_same_run_exits_0(runs, fmt, tmp_path, capsys):
     out = tmp_path / f"report.{fmt}"
     assert main(["compare", str(runs["base"]), str(runs["base"]), "--format", fmt,
-                 "--output", str(out)]) == 0
+                 "--output", str(out), "--min-time", "0"]) == 0
     text = capsys.readouterr().out
     assert out.read_text() == text
     n = len(_ok_cells(runs["base"]))
@@ -104,7 +104,7 @@ def test_same_run_exits_0(runs, fmt, tmp_path, capsys):
         assert len(doc["rows"]) == 5 * n
     else:
         assert f"{n} cells compared: 0 regressions" in text
-    comp = compare_runs(runs["base"], runs["base"])
+    comp = compare_runs(runs["base"], runs["base"], min_time=0)
     assert isinstance(comp, Comparison) and comp.exit_code == 0
     assert {r.verdict for r in comp.rows} <= {OK, NOT_JUDGED}
     # not judged only where there is nothing to judge: bias / rounding of fully underflowed cells
@@ -182,13 +182,18 @@ def test_throughput_judged_only_on_the_same_hardware(runs, tmp_path, capsys):
         return cells
 
     _edit_cells(slow, halve)
-    comp = compare_runs(runs["base"], slow)
+    # the tiny run's cells take well under 10 ms: by default too short to judge, and said so
+    short = compare_runs(runs["base"], slow)
+    assert short.exit_code == 0
+    assert all(r.verdict == NOT_JUDGED and "min_time" in r.rule
+               for r in short.rows if r.metric == "terms_per_s")
+    comp = compare_runs(runs["base"], slow, min_time=0)
     assert comp.hardware_match and comp.timings_judged
     n = len(_ok_cells(runs["base"]))
     assert [r.metric for r in comp.regressions] == ["terms_per_s"] * n
     assert all(r.change == pytest.approx(0.5) for r in comp.regressions)
     # a slow-down within the factor is not flagged
-    assert compare_runs(runs["base"], slow, throughput_factor=2.5).exit_code == 0
+    assert compare_runs(runs["base"], slow, throughput_factor=2.5, min_time=0).exit_code == 0
     # another machine: the same numbers are reported, not judged
     _edit_meta(slow, lambda m: m["environment"]["hardware"].update(cpu="Some Other CPU"))
     comp = compare_runs(runs["base"], slow)
@@ -202,7 +207,7 @@ def test_throughput_judged_only_on_the_same_hardware(runs, tmp_path, capsys):
     # a faster run on the same machine is an improvement, never a failure
     fast = _copy(runs["base"], tmp_path / "fast")
     _edit_cells(fast, lambda c: c.assign(terms_per_s=c["terms_per_s"] * 2))
-    comp = compare_runs(runs["base"], fast)
+    comp = compare_runs(runs["base"], fast, min_time=0)
     assert comp.exit_code == 0 and [r.metric for r in comp.improvements] == ["terms_per_s"] * n
 
 
