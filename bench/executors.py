@@ -7,6 +7,7 @@ final tables are the same whichever executor ran the cells.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import traceback
@@ -128,9 +129,10 @@ class DaskExecutor:
         try:
             cfg = ctx.config
             futures = {}
+            data = cfg.to_dict()  # one copy for all cells
             for c in cells:
                 resources = {"GPU": 1} if c.device in ("cuda", "mps") else None
-                f = client.submit(remote_cell, cfg.to_dict(), cfg.source, astuple(c), ctx.cache_dir,
+                f = client.submit(remote_cell, data, cfg.source, dataclasses.astuple(c), ctx.cache_dir,
                                   key=f"cell-{c.key}", pure=False, retries=self.retries,
                                   resources=resources)
                 futures[f] = c
@@ -150,10 +152,6 @@ class DaskExecutor:
 def failed_row(cell: Cell, error: BaseException) -> dict:
     return {**cell.coords(), "status": "failed", "reason": f"{type(error).__name__}: {error}",
             "traceback": "".join(traceback.format_exception(error))[-2000:]}
-
-
-def astuple(c: Cell) -> tuple:
-    return (c.estimator, c.dtype, c.n_samples, c.model, c.parametrization, c.device)
 
 
 def make_executor(name: str, scheduler: str | None = None, n_workers: int = 2):

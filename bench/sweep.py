@@ -10,6 +10,7 @@ random numbers), and the float64 log-space estimate on those draws is the
 
 from __future__ import annotations
 
+import contextlib
 import platform
 import time
 import zlib
@@ -147,11 +148,11 @@ def _run_cell(ctx: Context, cell: Cell) -> tuple[dict, pd.DataFrame]:
     dev = torch.device(cell.device)
     peak = PeakMemory(dev)
     for w in range(run["warmup"]):
-        with peak if w == 0 else _null():
+        with peak if w == 0 else contextlib.nullcontext():
             estimate(model, ctx.x, cell, seeds[0])
     times, ests = Measurement(), []
     for r, seed in enumerate(seeds):
-        with peak if (run["warmup"] == 0 and r == 0) else _null():
+        with peak if (run["warmup"] == 0 and r == 0) else contextlib.nullcontext():
             est, seconds = timed(lambda s=seed: estimate(model, ctx.x, cell, s), dev)
         times.times.append(seconds)
         ests.append(est)
@@ -182,14 +183,6 @@ def _run_cell(ctx: Context, cell: Cell) -> tuple[dict, pd.DataFrame]:
         "time_s": np.repeat(times.times, B),
     })
     return row, raw
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
 
 
 def skipped_row(cell: Cell, reason: str, run: dict) -> dict:

@@ -23,22 +23,21 @@ sets ``x = intensity > 127``.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import importlib.util
 import os
-import tempfile
 import urllib.request
 import warnings
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ._io import atomic_write
 
 DATASETS = ("mnist-5k", "mnist", "synthetic")
 DEFAULT_DATASET = "mnist-5k"
@@ -140,21 +139,6 @@ def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else Path.home() / ".cache" / "lvm-bench"
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """Write via a temp file in the same directory and os.replace: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; cache files are shareable
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _sha256(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
 
@@ -216,7 +200,7 @@ def _download(base: str, target: Path) -> Path:
             data = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
             if hashlib.md5(data).hexdigest() != MNIST_MD5[base]:
                 raise ValueError(f"md5 mismatch (expected {MNIST_MD5[base]})")
-            _atomic_write(dest, lambda f, p=payload: f.write(p))
+            atomic_write(dest, lambda f, p=payload: f.write(p))
             return dest
         except Exception as e:  # try the next mirror, report all
             errors.append(f"{url}: {e}")
@@ -285,7 +269,7 @@ def _cached_static_bits(intensity: np.ndarray, seed: int, name: str, split: str,
         warnings.warn(f"ignoring invalid binarization cache {path}", stacklevel=3)
     bits = _static_bits(intensity, seed)
     try:
-        _atomic_write(path, lambda f: np.savez(
+        atomic_write(path, lambda f: np.savez(
             f, packed=np.packbits(bits), shape=np.array(bits.shape), sha256=_sha256(bits)))
     except OSError as e:
         warnings.warn(f"cannot write binarization cache {path} ({e}); continuing without "

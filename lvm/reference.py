@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ._io import atomic_write
 from .estimators import log_space
 from .model import check_data
 
@@ -219,9 +220,6 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
 def _save(path: Path, obj: dict) -> None:
     """Atomic write; a cache that cannot be written is skipped, never half-written."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: torch.save(obj, f))
     except OSError:
         pass

@@ -48,7 +48,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -59,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._io import atomic_write
 from .model import OUTPUTS, BernoulliLVM, seed_decoder
 
 OBJECTIVES = ("prior-iwae", "jensen")
@@ -343,20 +343,6 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_checkpoint(result: TrainResult, path: str | os.PathLike[str]) -> Path:
     """Write ``path`` (.pt: the decoder's float32 state dict) and its .json metadata, atomically.
 
@@ -366,11 +352,11 @@ def save_checkpoint(result: TrainResult, path: str | os.PathLike[str]) -> Path:
     path = Path(path).with_suffix(".pt")
     state = {k: v.detach().to(torch.float32).contiguous().clone()
              for k, v in result.model.decoder.state_dict().items()}
-    _atomic(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(state, f))
     meta = dict(result.metadata, sha256=_sha256_file(path), size_bytes=path.stat().st_size,
                 file=path.name)
     result.metadata = meta
-    _atomic(path.with_suffix(".json"),
+    atomic_write(path.with_suffix(".json"),
             lambda f: f.write((json.dumps(meta, indent=2, sort_keys=False) + "\n").encode()))
     return path
 
