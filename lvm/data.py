@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._io import atomic_write
+from . import rng
+from ._io import atomic_write, cache_root
+from .errors import InputError
 
 DATASETS = ("mnist-5k", "mnist", "synthetic")
 DEFAULT_DATASET = "mnist-5k"
@@ -66,8 +68,16 @@ _CHUNK_ROWS = 8192  # rows binarized per call; keeps memory bounded, does not ch
 _urlopen = urllib.request.urlopen  # replaced in tests; no test touches the network
 
 
-class DataNotFoundError(FileNotFoundError):
-    """The data files for a source are not available locally (and were not downloaded)."""
+class DataNotFoundError(InputError):
+    """The data files for a source are not available locally (and were not downloaded).
+
+    An InputError (the message names the missing files and how to provide
+    them), not a FileNotFoundError: the CLI reports it as bad input.
+    """
+
+
+class _MirrorError(Exception):
+    """A mirror served something other than the official file (caught: the next mirror is tried)."""
 
 
 @dataclass(frozen=True)
@@ -89,31 +99,34 @@ class Dataset:
 
 def _read_bytes(path: Path) -> bytes:
     """File content, gunzipped if it starts with the gzip magic bytes 1f 8b."""
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise InputError(f"{path}: no such file") from e
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as e:
-        raise ValueError(f"{path}: corrupt or truncated gzip data ({e})") from e
+        raise InputError(f"{path}: corrupt or truncated gzip data ({e})") from e
 
 
 def _parse_idx(data: bytes, path: Path) -> np.ndarray:
     if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] not in _IDX_TYPES:
-        raise ValueError(
+        raise InputError(
             f"{path}: not an IDX file: expected magic bytes 00 00 <type in "
             f"{sorted(_IDX_TYPES)}> <ndim>, found {data[:4].hex(' ') or 'empty file'}"
         )
     dtype, ndim = np.dtype(_IDX_TYPES[data[2]]), data[3]
     header = 4 + 4 * ndim
     if ndim == 0 or len(data) < header:
-        raise ValueError(f"{path}: IDX header with ndim={ndim} needs {header} bytes, "
+        raise InputError(f"{path}: IDX header with ndim={ndim} needs {header} bytes, "
                          f"found {len(data)}")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
     expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "trailing garbage"
-        raise ValueError(f"{path}: IDX shape {shape} of {dtype.str[1:]} needs {expected} "
+        raise InputError(f"{path}: IDX shape {shape} of {dtype.str[1:]} needs {expected} "
                          f"bytes, found {len(data)} ({what})")
     arr = np.frombuffer(data, dtype, offset=header).reshape(shape)
     return arr.astype(dtype.newbyteorder("="))
@@ -122,21 +135,15 @@ def _parse_idx(data: bytes, path: Path) -> np.ndarray:
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     """Read an IDX file (raw or gzip, detected by magic bytes) into a native numpy array.
 
-    Raises ValueError naming the file for bad magic, bad gzip or a length that does not
-    match the header's dimensions, so a truncated download never passes as data.
+    Raises InputError naming the file when it is missing, for bad magic, bad gzip or a
+    length that does not match the header's dimensions, so a truncated download never
+    passes as data.
     """
     path = Path(path)
     return _parse_idx(_read_bytes(path), path)
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("LVM_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "lvm-bench"
 
 
 def _sha256(a: np.ndarray) -> str:
@@ -163,11 +170,11 @@ def _mnist5k(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     try:
         table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
     except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: cannot parse as CSV ({e})") from e
+        raise InputError(f"{path}: cannot parse as CSV ({e})") from e
     labels = table[:, -1] if table.shape[1] == 785 else np.empty(0, np.int64)
     if (table.shape != (5000, 785) or table.min() < 0 or table[:, :-1].max() > 255
             or np.bincount(labels, minlength=10).tolist() != [500] * 10):
-        raise ValueError(f"{path}: expected 5000 rows of 784 pixels in 0..255 plus a label, "
+        raise InputError(f"{path}: expected 5000 rows of 784 pixels in 0..255 plus a label, "
                          f"500 per class; found shape {table.shape}")
     rng = np.random.Generator(np.random.PCG64(MNIST5K_SPLIT_SEED))
     key, order = rng.random(len(table)), rng.random(len(table))
@@ -199,7 +206,7 @@ def _download(base: str, target: Path) -> Path:
                 payload = r.read()
             data = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
             if hashlib.md5(data).hexdigest() != MNIST_MD5[base]:
-                raise ValueError(f"md5 mismatch (expected {MNIST_MD5[base]})")
+                raise _MirrorError(f"md5 mismatch (expected {MNIST_MD5[base]})")
             atomic_write(dest, lambda f, p=payload: f.write(p))
             return dest
         except Exception as e:  # try the next mirror, report all
@@ -229,12 +236,12 @@ def _mnist(split: str, data_dir: str | os.PathLike[str] | None, cache: Path,
         data = _read_bytes(path)
         md5 = hashlib.md5(data).hexdigest()
         if md5 != MNIST_MD5[base]:
-            raise ValueError(f"{path}: corrupt or not the official {base}: uncompressed md5 "
+            raise InputError(f"{path}: corrupt or not the official {base}: uncompressed md5 "
                              f"{md5}, expected {MNIST_MD5[base]}; delete it and re-download")
         arrays.append(_parse_idx(data, path))
     images, labels = arrays
     if images.ndim != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-        raise ValueError(f"{found[MNIST_FILES[split][0]]}: images {images.shape} and labels "
+        raise InputError(f"{found[MNIST_FILES[split][0]]}: images {images.shape} and labels "
                          f"{labels.shape} do not form an [n, 28, 28] / [n] pair")
     return images.reshape(len(images), 784), labels.astype(np.int64), str(
         found[MNIST_FILES[split][0]])
@@ -293,16 +300,16 @@ def load(name: str = DEFAULT_DATASET, split: str = "train", *, binarize: str = "
     Generator seeded from (seed, split), expecting an [n, D] 0/1 tensor.
     """
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise InputError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if split not in SPLITS:
-        raise ValueError(f"unsupported split {split!r} for {name!r}; accepted: "
+        raise InputError(f"unsupported split {split!r} for {name!r}; accepted: "
                          f"{', '.join(SPLITS)}")
     if binarize not in BINARIZE:
-        raise ValueError(f"binarize={binarize!r} is not supported; accepted values: "
+        raise InputError(f"binarize={binarize!r} is not supported; accepted values: "
                          f"{', '.join(map(repr, BINARIZE))}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
-    seed, cache = int(seed), _cache_root(cache_dir)
+        raise InputError(f"seed must be a non-negative int, got {seed!r}")
+    seed, cache = int(seed), cache_root(cache_dir)
     if name == "synthetic":
         return _synthetic(split, model, n, seed)
     if name == "mnist-5k":
@@ -328,12 +335,11 @@ def _synthetic(split: str, model: Any, n: int | None, seed: int) -> Dataset:
         raise TypeError("dataset 'synthetic' needs model=<object with sample_x(n, generator) "
                         "-> [n, D] 0/1 tensor, or such a callable>")
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
-        raise ValueError(f"dataset 'synthetic' needs n=<positive int>, got {n!r}")
-    state = np.random.SeedSequence([seed, SPLITS.index(split)]).generate_state(1, np.uint64)
-    gen = torch.Generator().manual_seed(int(state[0]) & (2**63 - 1))
+        raise InputError(f"dataset 'synthetic' needs n=<positive int>, got {n!r}")
+    gen = rng.generator(seed, SPLITS.index(split))
     x = torch.as_tensor(sampler(int(n), gen))
     if x.ndim != 2 or x.shape[0] != n or not bool(((x == 0) | (x == 1)).all()):
-        raise ValueError(f"model.sample_x({n}, generator) must return an [n, D] tensor of "
+        raise InputError(f"model.sample_x({n}, generator) must return an [n, D] tensor of "
                          f"0/1, got shape {tuple(x.shape)}")
     bits = x.detach().cpu().to(torch.uint8).numpy()
     identity = {"name": "synthetic", "split": split,

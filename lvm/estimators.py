@@ -23,8 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .model import check_data, check_device
+from . import rng
+from .errors import InputError
+from .model import check_data, std_normal_log_prob
 from .numerics import LogSumExpState, dtype_name, parse_dtype
+from .runtime import check_device
 
 BLOCK = 4096  # draws per seeded block: fixed, so results never depend on chunk_size
 FORMS = ("product", "exp")
@@ -56,15 +59,6 @@ class Estimate:
         return float(self.n_zero_terms.sum()) / (self.n_samples * len(self.log_px))
 
 
-def _block_generator(seed: int, block: int) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed), int(block)]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
-
-
-def _std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-
-
 class Draws:
     """Seeded float64 draws from the prior (or a proposal), in fixed blocks.
 
@@ -80,12 +74,12 @@ class Draws:
         if self._cache is not None and self._cache[0] == b:
             return self._cache[1], self._cache[2]
         size = min(BLOCK, self.n - b * BLOCK)
-        g = _block_generator(self.seed, b)
+        g = rng.generator(self.seed, b)  # block b of this seed's stream
         if self.proposal is None:
             z, corr = self.model.sample_prior(size, g), None
         else:
             z = self.proposal.sample(size, g)
-            log_prior = getattr(self.model, "log_prior", _std_normal_log_prob)
+            log_prior = getattr(self.model, "log_prior", std_normal_log_prob)
             corr = log_prior(z) - self.proposal.log_prob(z)
         self._cache = (b, z, corr)
         return z, corr
@@ -114,9 +108,9 @@ def _validate(model, x, n_samples, dtype, device, chunk_size):
     dt = parse_dtype(dtype)
     dev = check_device(device)
     if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples <= 0:
-        raise ValueError(f"n_samples={n_samples!r} is invalid; accepted: a positive integer")
+        raise InputError(f"n_samples={n_samples!r} is invalid; accepted: a positive integer")
     if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0):
-        raise ValueError(f"chunk_size={chunk_size!r} is invalid; accepted: None or a positive integer")
+        raise InputError(f"chunk_size={chunk_size!r} is invalid; accepted: None or a positive integer")
     data_dim = getattr(model, "data_dim", None)
     if data_dim is not None:
         x = check_data(x, data_dim, binary=hasattr(model, "decoder"))
@@ -231,10 +225,10 @@ def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dty
     ``form="exp"`` exponentiates the summed log-likelihood instead.
     """
     if form not in FORMS:
-        raise ValueError(f"form={form!r} is not supported; accepted: {', '.join(FORMS)}")
+        raise InputError(f"form={form!r} is not supported; accepted: {', '.join(FORMS)}")
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, chunk_size)
     if form == "product" and not hasattr(model, "pixel_probs"):
-        raise ValueError("form='product' needs a model with pixel_probs(x, z, dtype); "
+        raise InputError("form='product' needs a model with pixel_probs(x, z, dtype); "
                          "accepted for this model: form='exp'")
     B = len(x)
     chunk = chunk_size or (max(1, 2**22 // (B * x.shape[1])) if form == "product" else 2048)

@@ -11,15 +11,42 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.distributions.utils import clamp_probs
 
+from .errors import InputError
 from .numerics import parse_dtype
 
 OUTPUTS = ("logits", "probs")
+
+
+def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
+    """log N(z; 0, I_K) over the last axis (K = z.shape[-1]): the prior's density."""
+    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
+
+
+def bernoulli_log_likelihood(x: torch.Tensor, out: torch.Tensor, output: str) -> torch.Tensor:
+    """log p(x_b | z_n) summed over pixels, from decoder output ``out`` (logits or probs).
+
+    ``out`` [N, D] (one set of z for every datapoint) gives [B, N] through one
+    matrix multiply, never a [B, N, D] tensor; ``out`` [B, N, D] (z drawn per
+    datapoint) gives [B, N] by a per-pixel sum. ``output="probs"`` clamps p to
+    [eps, 1-eps] of its dtype, as torch's Bernoulli does. Computed in ``out``'s
+    dtype, with gradients when ``out`` has them: the one implementation behind
+    both the estimators' likelihood and the training objectives.
+    """
+    if output == "logits":
+        if out.dim() == 2:
+            return x @ out.T - nn.functional.softplus(out).sum(-1)
+        return (x[:, None, :] * out - nn.functional.softplus(out)).sum(-1)
+    p = clamp_probs(out)
+    if out.dim() == 2:
+        return x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
+    xb = x[:, None, :]
+    return (xb * torch.log(p) + (1 - xb) * torch.log1p(-p)).sum(-1)
 
 
 @runtime_checkable
@@ -38,22 +65,6 @@ class LatentVariableModel(Protocol):
         ...
 
 
-def check_device(device: str | torch.device) -> torch.device:
-    """Validate a device string; CUDA or MPS that is absent is a ValueError."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device={device!r} is not a device; accepted: cpu, cuda, cuda:N, mps") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available on this machine; "
-                         "accepted here: cpu")
-    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device={device!r} requested but MPS is not available; accepted here: cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={device!r} is not supported; accepted: cpu, cuda, mps")
-    return dev
-
-
 def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.Tensor:
     """Validate a data batch: shape [B, D] (or [D]), finite, and 0/1 when ``binary``."""
     if not isinstance(x, torch.Tensor):
@@ -61,15 +72,15 @@ def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.
     if x.dim() == 1:
         x = x[None]
     if x.dim() != 2 or x.shape[1] != data_dim:
-        raise ValueError(f"x has shape {tuple(x.shape)}; accepted: [B, {data_dim}] or [{data_dim}]")
+        raise InputError(f"x has shape {tuple(x.shape)}; accepted: [B, {data_dim}] or [{data_dim}]")
     if x.shape[0] == 0:
-        raise ValueError("x has no rows; accepted: at least one datapoint")
+        raise InputError("x has no rows; accepted: at least one datapoint")
     xf = x.to(torch.float64)
     if torch.isnan(xf).any():
-        raise ValueError(f"x contains NaN ({int(torch.isnan(xf).sum())} values); accepted: finite values")
+        raise InputError(f"x contains NaN ({int(torch.isnan(xf).sum())} values); accepted: finite values")
     if binary and not ((xf == 0) | (xf == 1)).all():
         bad = xf[(xf != 0) & (xf != 1)][:3].tolist()
-        raise ValueError(f"x is not binary (values such as {bad}); accepted: 0 and 1 only")
+        raise InputError(f"x is not binary (values such as {bad}); accepted: 0 and 1 only")
     return x
 
 
@@ -107,9 +118,9 @@ class BernoulliLVM:
     def __init__(self, decoder: nn.Module, latent_dim: int, output: str = "logits",
                  data_dim: int = 784):
         if output not in OUTPUTS:
-            raise ValueError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+            raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
         if not isinstance(latent_dim, int) or latent_dim <= 0:
-            raise ValueError(f"latent_dim={latent_dim!r} is invalid; accepted: a positive integer")
+            raise InputError(f"latent_dim={latent_dim!r} is invalid; accepted: a positive integer")
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.output = output
@@ -121,15 +132,15 @@ class BernoulliLVM:
             try:
                 width = decoder(probe).shape[-1]
             except RuntimeError as e:
-                raise ValueError(f"decoder does not accept latent_dim={latent_dim} inputs: {e}") from e
+                raise InputError(f"decoder does not accept latent_dim={latent_dim} inputs: {e}") from e
         if width != data_dim:
-            raise ValueError(f"decoder output width is {width}; accepted: data_dim={data_dim}")
+            raise InputError(f"decoder output width is {width}; accepted: data_dim={data_dim}")
 
     def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (z * z).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+        return std_normal_log_prob(z)
 
     def fingerprint(self) -> str:
         """sha256 of the architecture description and the decoder weights."""
@@ -148,13 +159,13 @@ class BernoulliLVM:
         if output == self.output:
             return self
         if output not in OUTPUTS:
-            raise ValueError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+            raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
         if output == "probs":
             return BernoulliLVM(nn.Sequential(self.decoder, nn.Sigmoid()), self.latent_dim,
                                 "probs", self.data_dim)
         layers = list(self.decoder.children()) if isinstance(self.decoder, nn.Sequential) else []
         if not layers or not isinstance(layers[-1], nn.Sigmoid):
-            raise ValueError("output='logits' needs a probs decoder that ends in nn.Sigmoid; "
+            raise InputError("output='logits' needs a probs decoder that ends in nn.Sigmoid; "
                              f"this decoder ends in {type(layers[-1]).__name__ if layers else 'unknown'}")
         return BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim)
 
@@ -179,11 +190,7 @@ class BernoulliLVM:
                        dtype: torch.dtype) -> torch.Tensor:
         dtype = parse_dtype(dtype)
         x = x.to(device=z.device, dtype=dtype)
-        out = self.decode(z, dtype)
-        if self.output == "logits":
-            return x @ out.T - nn.functional.softplus(out).sum(-1)
-        p = clamp_probs(out)
-        return x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
+        return bernoulli_log_likelihood(x, self.decode(z, dtype), self.output)
 
     def pixel_log_probs(self, x: torch.Tensor, z: torch.Tensor,
                         dtype: torch.dtype) -> torch.Tensor:
@@ -220,9 +227,9 @@ def seed_decoder(latent_dim: int = 2, hidden: int = 128, layers: int = 2,
     the larger "part 4" network. ``layers`` counts hidden layers.
     """
     if output not in OUTPUTS:
-        raise ValueError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+        raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
     if layers < 1 or hidden < 1 or latent_dim < 1:
-        raise ValueError(f"latent_dim={latent_dim}, hidden={hidden}, layers={layers}: "
+        raise InputError(f"latent_dim={latent_dim}, hidden={hidden}, layers={layers}: "
                          "accepted: positive integers")
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
@@ -240,6 +247,20 @@ def seed_decoder(latent_dim: int = 2, hidden: int = 128, layers: int = 2,
         torch.random.set_rng_state(gen_state)
 
 
+def architecture(latent_dim: int, hidden: int, layers: int, output: str,
+                 data_dim: int = 784) -> dict[str, Any]:
+    """A BernoulliLVM's seed_decoder architecture, as stored in checkpoint metadata and checked on load."""
+    return {"latent_dim": latent_dim, "hidden": hidden, "layers": layers, "output": output,
+            "activation": "ELU", "data_dim": data_dim}
+
+
+def build(arch: dict[str, Any], seed: int = 0) -> BernoulliLVM:
+    """A freshly initialised BernoulliLVM of this architecture (``seed_decoder(..., seed=seed)``)."""
+    dec = seed_decoder(arch["latent_dim"], hidden=arch["hidden"], layers=arch["layers"],
+                       output=arch["output"], data_dim=arch.get("data_dim", 784), seed=seed)
+    return BernoulliLVM(dec, arch["latent_dim"], arch["output"], arch.get("data_dim", 784))
+
+
 class LinearGaussianLVM:
     """x | z ~ N(W z + b, sigma^2 I): log p(x) is known exactly, at any K.
 
@@ -251,10 +272,10 @@ class LinearGaussianLVM:
         W = torch.as_tensor(W, dtype=torch.float64)
         b = torch.as_tensor(b, dtype=torch.float64)
         if W.dim() != 2 or b.shape != (W.shape[0],):
-            raise ValueError(f"W has shape {tuple(W.shape)} and b {tuple(b.shape)}; "
+            raise InputError(f"W has shape {tuple(W.shape)} and b {tuple(b.shape)}; "
                              "accepted: W [D, K] and b [D]")
         if not sigma > 0:
-            raise ValueError(f"sigma={sigma!r}; accepted: a positive number")
+            raise InputError(f"sigma={sigma!r}; accepted: a positive number")
         self.W, self.b, self.sigma = W, b, float(sigma)
         self.data_dim, self.latent_dim = W.shape
 
@@ -271,7 +292,7 @@ class LinearGaussianLVM:
         return torch.randn(n, self.latent_dim, generator=generator, dtype=torch.float64)
 
     def log_prior(self, z: torch.Tensor) -> torch.Tensor:
-        return -0.5 * (z * z).sum(-1) - 0.5 * self.latent_dim * math.log(2 * math.pi)
+        return std_normal_log_prob(z)
 
     def fingerprint(self) -> str:
         h = hashlib.sha256(f"linear-gaussian|{self.sigma!r}".encode())

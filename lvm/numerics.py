@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import InputError
+
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
@@ -29,7 +31,7 @@ def parse_dtype(dtype: str | torch.dtype, *, argument: str = "dtype") -> torch.d
         key = dtype.removeprefix("torch.")
         if key in DTYPES:
             return DTYPES[key]
-    raise ValueError(f"{argument}={dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+    raise InputError(f"{argument}={dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
 
 
 def dtype_name(dtype: torch.dtype) -> str:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from ._io import atomic_write
+from ._io import atomic_write, cache_root
+from .errors import InputError
 from .estimators import log_space
-from .model import check_data
+from .model import check_data, std_normal_log_prob
 
 CACHE_VERSION = 2  # bump when an algorithm changes, so stale cached truths are not reused
 METHODS = ("auto", "exact", "quadrature", "importance")
@@ -63,12 +64,17 @@ class MixtureProposal:
         logdet = torch.log(torch.diagonal(self.L, dim1=-2, dim2=-1)).sum(-1)[:, None]
         log_t = (math.lgamma((df + K) / 2) - math.lgamma(df / 2) - K / 2 * math.log(df * math.pi)
                  - logdet - (df + K) / 2 * torch.log1p((d * d).sum(-1) / df))
-        log_n = -0.5 * (z * z).sum(-1) - K / 2 * math.log(2 * math.pi)
+        log_n = std_normal_log_prob(z)  # = -0.5 |z|^2 - K/2 log(2 pi), bit for bit
         return torch.logaddexp(math.log1p(-self.a) + log_t, math.log(self.a) + log_n)
 
 
 def _log_joint_diag(model, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """log p(x_b | z_b) + log p(z_b) for paired rows, float64, differentiable in z."""
+    """log p(x_b | z_b) + log p(z_b) for paired rows, float64, differentiable in z.
+
+    log p(z) without its constant -K/2 log(2 pi): only the mode and curvature
+    are used, and adding the constant would change the rounding of the values
+    L-BFGS compares, hence the fitted proposal's bits.
+    """
     ll = torch.cat([torch.diagonal(model.log_likelihood(x[i:i + 64], z[i:i + 64], F64))
                     for i in range(0, len(x), 64)])
     return ll - 0.5 * (z * z).sum(-1)
@@ -80,7 +86,7 @@ def laplace_fit(model, x: torch.Tensor, *, n_pilot: int = 4096, steps: int = 50,
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         zp = model.sample_prior(n_pilot, g)
-        lj = model.log_likelihood(x, zp, F64) - 0.5 * (zp * zp).sum(-1)
+        lj = model.log_likelihood(x, zp, F64) - 0.5 * (zp * zp).sum(-1)  # constant left out: argmax only
         z0 = zp[lj.argmax(-1)]
     z = z0.clone().requires_grad_(True)
     opt = torch.optim.LBFGS([z], max_iter=steps, line_search_fn="strong_wolfe")
@@ -126,6 +132,8 @@ def _axis_grid(lo: torch.Tensor, hi: torch.Tensor, n: int) -> tuple[torch.Tensor
 def _log_joint(model, x: torch.Tensor, z: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """log p(x_b | z_n) + log N(z_n; 0, I) for all pairs, [B, N], float64, streamed over z."""
     K = z.shape[1]
+    # The constant is subtracted once after the chunks, not per term as in
+    # std_normal_log_prob: the same value up to rounding, but not bit for bit.
     out = [model.log_likelihood(x, z[i:i + chunk], F64) - 0.5 * (z[i:i + chunk] ** 2).sum(-1)
            for i in range(0, len(z), chunk)]
     return torch.cat(out, dim=1) - 0.5 * K * math.log(2 * math.pi)
@@ -147,7 +155,7 @@ def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
     """
     K = model.latent_dim
     if K > 2:
-        raise ValueError(f"method='quadrature' needs latent_dim <= 2, got {K}; "
+        raise InputError(f"method='quadrature' needs latent_dim <= 2, got {K}; "
                          "accepted for this model: 'importance'")
     coarse, _ = _axis_grid(torch.full((K,), -bound), torch.full((K,), bound), int(round(2 * bound / h0)) + 1)
     lj = _log_joint(model, x, coarse)
@@ -175,8 +183,7 @@ def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
 
 
 def _cache_path(cache_dir, key: str) -> Path:
-    root = Path(cache_dir or os.environ.get("LVM_CACHE_DIR") or Path.home() / ".cache" / "lvm-bench")
-    return root / "reference" / f"{key}.pt"
+    return cache_root(cache_dir) / "reference" / f"{key}.pt"
 
 
 def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int = 20_000,
@@ -184,7 +191,7 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
                  cache_dir: str | os.PathLike | None = None) -> Reference:
     """Ground-truth log p(x) per datapoint (float64) with a standard error."""
     if method not in METHODS:
-        raise ValueError(f"method={method!r} is not supported; accepted: {', '.join(METHODS)}")
+        raise InputError(f"method={method!r} is not supported; accepted: {', '.join(METHODS)}")
     if getattr(model, "data_dim", None):
         x = check_data(x, model.data_dim, binary=hasattr(model, "decoder"))
     x = x.to(F64)
@@ -193,7 +200,7 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
                   else "quadrature" if model.latent_dim <= 2 else "importance")
     if method == "exact":
         if not hasattr(model, "exact_log_marginal"):
-            raise ValueError("method='exact' needs a model with exact_log_marginal; "
+            raise InputError("method='exact' needs a model with exact_log_marginal; "
                              "accepted for this model: 'quadrature' (K <= 2) or 'importance'")
         lp = model.exact_log_marginal(x)
         return Reference("exact", lp, torch.zeros_like(lp))

