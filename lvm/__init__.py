@@ -1,6 +1,7 @@
 """lvm: latent variable models, Monte Carlo estimators of log p(x), and ground truth."""
 
-from . import data, estimators, numerics, reference, train, zoo
+from . import checkpoint, data, estimators, numerics, reference, rng, runtime, train, zoo
+from .errors import InputError
 from .estimators import Estimate, draw, log_space, prob_space
 from .model import BernoulliLVM, LatentVariableModel, LinearGaussianLVM, seed_decoder
 from .numerics import DTYPES, dtype_facts, logsumexp
@@ -9,7 +10,8 @@ from .reference import Reference, log_marginal
 __version__ = "0.1.0"
 
 __all__ = [
-    "BernoulliLVM", "DTYPES", "data", "train", "zoo", "Estimate", "LatentVariableModel", "LinearGaussianLVM",
-    "Reference", "draw", "dtype_facts", "estimators", "log_marginal", "log_space",
-    "logsumexp", "numerics", "prob_space", "reference", "seed_decoder",
+    "BernoulliLVM", "DTYPES", "Estimate", "InputError", "LatentVariableModel", "LinearGaussianLVM",
+    "Reference", "checkpoint", "data", "draw", "dtype_facts", "estimators", "log_marginal",
+    "log_space", "logsumexp", "numerics", "prob_space", "reference", "rng", "runtime",
+    "seed_decoder", "train", "zoo",
 ]

@@ -21,35 +21,33 @@ How z is drawn (``Recipe.z_sharing``):
     of shape [N, 784], and the decoder sees N inputs per step instead of B*N.
     Each datapoint's loss is the same N-sample objective as the textbook's
     (same expectation and gradient in expectation); only the minibatch mean
-    is noisier because its terms share z. This is ~200x cheaper (about
-    0.02 s per step instead of ~4 s on one CPU thread for the full recipe),
-    which is what lets the full recipe run on a laptop CPU. In a reduced
-    side-by-side run (K = 2, 300 steps, batch 64, N = 32) shared z ended
-    about 1.5 nats (last-50-step mean) to 3 nats (whole train split) above
-    independent z: a small cost, recorded in every checkpoint's metadata.
+    is noisier because its terms share z. The much cheaper step is what
+    lets the full recipe run on a laptop CPU; the price is a slightly higher
+    final loss than independent z, and the choice is recorded in every
+    checkpoint's metadata.
 ``"datapoint"``
     independent z per datapoint, as in the textbook: the decoder runs on
     B*N inputs and the likelihood is summed per pixel over [B, N, 784].
 
 Reproducibility: the initial weights are ``seed_decoder(..., seed=recipe.seed)``,
-the minibatch order and the z draws come from their own seeded
-``torch.Generator`` streams, and training pins torch to one thread (BLAS
+the minibatch order and the z draws come from their own seeded streams
+(:func:`lvm.rng.generator`), and training pins torch to one thread (BLAS
 results can depend on the thread count), so a recipe gives bit-identical
 weights on a given machine and torch build.
+
+Saving and loading trained weights is :mod:`lvm.checkpoint`; the named models
+and the command that trains them are :mod:`lvm.zoo`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
 import math
-import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +56,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._io import atomic_write
-from .model import OUTPUTS, BernoulliLVM, seed_decoder
+from . import rng
+from .errors import InputError
+from .model import OUTPUTS, BernoulliLVM, architecture, bernoulli_log_likelihood, build
+from .runtime import set_torch_threads
 
 OBJECTIVES = ("prior-iwae", "jensen")
 Z_SHARING = ("batch", "datapoint")
 FORMAT = "lvm-bench-checkpoint/1"
+STREAM_DATA, STREAM_Z, STREAM_EVAL = 0, 1, 2  # rng.generator(seed, stream): minibatch order, z, evaluation
 LOSS_WINDOW = 50  # final_train_loss = mean minibatch loss over the last LOSS_WINDOW steps
 
 # The textbook series' recipe, recorded next to ours so every deviation is explicit.
@@ -98,14 +99,14 @@ class Recipe:
     def __post_init__(self) -> None:
         for f, accepted in (("objective", OBJECTIVES), ("output", OUTPUTS), ("z_sharing", Z_SHARING)):
             if getattr(self, f) not in accepted:
-                raise ValueError(f"{f}={getattr(self, f)!r} is not supported; "
+                raise InputError(f"{f}={getattr(self, f)!r} is not supported; "
                                  f"accepted: {', '.join(accepted)}")
         for f in ("latent_dim", "hidden", "layers", "steps", "batch_size", "n_samples"):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{f}={v!r} is invalid; accepted: a positive integer")
+                raise InputError(f"{f}={v!r} is invalid; accepted: a positive integer")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr={self.lr!r} is invalid; accepted: a positive number")
+            raise InputError(f"lr={self.lr!r} is invalid; accepted: a positive number")
 
     def architecture(self) -> dict[str, Any]:
         return architecture(self.latent_dim, self.hidden, self.layers, self.output)
@@ -132,51 +133,22 @@ class Recipe:
         return out
 
 
-def architecture(latent_dim: int, hidden: int, layers: int, output: str,
-                 data_dim: int = 784) -> dict[str, Any]:
-    """The description stored in checkpoint metadata and checked on load."""
-    return {"latent_dim": latent_dim, "hidden": hidden, "layers": layers, "output": output,
-            "activation": "ELU", "data_dim": data_dim}
-
-
-def build(arch: dict[str, Any], seed: int = 0) -> BernoulliLVM:
-    """A freshly initialised (seeded) model of this architecture."""
-    dec = seed_decoder(arch["latent_dim"], hidden=arch["hidden"], layers=arch["layers"],
-                       output=arch["output"], data_dim=arch.get("data_dim", 784), seed=seed)
-    return BernoulliLVM(dec, arch["latent_dim"], arch["output"], arch.get("data_dim", 784))
-
-
 # ----------------------------------------------------------------------------- objectives
-
-
-def log_likelihood(decoder: nn.Module, x: torch.Tensor, z: torch.Tensor, output: str) -> torch.Tensor:
-    """log p(x_b|z) with gradients: z [N, K] -> [B, N] (matmul fast path), z [B, N, K] -> [B, N]."""
-    out = decoder(z)
-    if output == "logits":
-        if z.dim() == 2:
-            return x @ out.T - nn.functional.softplus(out).sum(-1)
-        return (x[:, None, :] * out - nn.functional.softplus(out)).sum(-1)
-    p = torch.distributions.utils.clamp_probs(out)
-    if z.dim() == 2:
-        return x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
-    xb = x[:, None, :]
-    return (xb * torch.log(p) + (1 - xb) * torch.log1p(-p)).sum(-1)
 
 
 def objective_loss(decoder: nn.Module, x: torch.Tensor, z: torch.Tensor, objective: str,
                    output: str = "logits") -> torch.Tensor:
-    """Per-datapoint loss [B] in nats (positive): -(objective) for each row of x."""
-    ll = log_likelihood(decoder, x, z, output)
+    """Per-datapoint loss [B] in nats (positive): -(objective) for each row of x.
+
+    z [N, K] is shared by every row (one matrix multiply), z [B, N, K] is drawn
+    per row; gradients flow to the decoder's weights.
+    """
+    ll = bernoulli_log_likelihood(x, decoder(z), output)
     if objective == "prior-iwae":
         return -(torch.logsumexp(ll, dim=1) - math.log(ll.shape[1]))
     if objective == "jensen":
         return -ll.mean(dim=1)
-    raise ValueError(f"objective={objective!r} is not supported; accepted: {', '.join(OBJECTIVES)}")
-
-
-def _generator(seed: int, stream: int) -> torch.Generator:
-    state = np.random.SeedSequence([int(seed), stream]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+    raise InputError(f"objective={objective!r} is not supported; accepted: {', '.join(OBJECTIVES)}")
 
 
 def _draw_z(recipe: Recipe, batch: int, g: torch.Generator) -> torch.Tensor:
@@ -197,24 +169,11 @@ class TrainResult:
     metadata: dict[str, Any]
 
 
-@contextlib.contextmanager
-def _threads(n: int | None):
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _load_data(recipe: Recipe, data: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, Any]]:
     if data is not None:
         x = torch.as_tensor(data, dtype=torch.float32)
         if x.dim() != 2 or x.shape[0] == 0 or not ((x == 0) | (x == 1)).all():
-            raise ValueError(f"data has shape {tuple(x.shape)}; accepted: a non-empty [n, D] 0/1 tensor")
+            raise InputError(f"data has shape {tuple(x.shape)}; accepted: a non-empty [n, D] 0/1 tensor")
         bits = x.to(torch.uint8).numpy()
         return x, {"name": "custom", "n": int(x.shape[0]),
                    "sha256": hashlib.sha256(np.ascontiguousarray(bits).tobytes()).hexdigest()}
@@ -232,7 +191,7 @@ def evaluate(model: BernoulliLVM, x: torch.Tensor, objective: str, *, n_samples:
              batch_size: int = 256, seed: int = 0, z_sharing: str = "batch") -> float:
     """Mean loss (nats, positive) over all of x, fresh seeded z per batch, float32."""
     dec = model.decoder
-    g = _generator(seed, 2)
+    g = rng.generator(seed, STREAM_EVAL)
     total = 0.0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(torch.float32)
@@ -256,14 +215,14 @@ def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = 
     x, identity = _load_data(recipe, data)
     arch = recipe.architecture()
     if x.shape[1] != arch["data_dim"]:
-        raise ValueError(f"data has {x.shape[1]} pixels per row; accepted: {arch['data_dim']}")
+        raise InputError(f"data has {x.shape[1]} pixels per row; accepted: {arch['data_dim']}")
     label = name or f"{recipe.objective}-k{recipe.latent_dim}"
-    with _threads(threads):
+    with set_torch_threads(threads):
         used_threads = torch.get_num_threads()
         model = build(arch, seed=recipe.seed)
         dec = model.decoder.to(torch.float32).train()
         opt = torch.optim.Adam(dec.parameters(), lr=recipe.lr)
-        g_data, g_z = _generator(recipe.seed, 0), _generator(recipe.seed, 1)
+        g_data, g_z = rng.generator(recipe.seed, STREAM_DATA), rng.generator(recipe.seed, STREAM_Z)
         order = torch.empty(0, dtype=torch.int64)
         losses: list[float] = []
         t0 = time.perf_counter()
@@ -330,128 +289,3 @@ def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = 
         "platform": platform.platform(),
     }
     return TrainResult(model, losses, metadata)
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save_checkpoint(result: TrainResult, path: str | os.PathLike[str]) -> Path:
-    """Write ``path`` (.pt: the decoder's float32 state dict) and its .json metadata, atomically.
-
-    The JSON gets the sha256 and size of the .pt; it is written second, so a
-    checkpoint with metadata is always complete.
-    """
-    path = Path(path).with_suffix(".pt")
-    state = {k: v.detach().to(torch.float32).contiguous().clone()
-             for k, v in result.model.decoder.state_dict().items()}
-    atomic_write(path, lambda f: torch.save(state, f))
-    meta = dict(result.metadata, sha256=_sha256_file(path), size_bytes=path.stat().st_size,
-                file=path.name)
-    result.metadata = meta
-    atomic_write(path.with_suffix(".json"),
-            lambda f: f.write((json.dumps(meta, indent=2, sort_keys=False) + "\n").encode()))
-    return path
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
-    """The checkpoint's .json metadata, or None if there is none."""
-    meta = Path(path).with_suffix(".json")
-    if not meta.is_file():
-        return None
-    try:
-        return json.loads(meta.read_text())
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{meta}: unreadable checkpoint metadata ({e})") from e
-
-
-def load_checkpoint(path: str | os.PathLike[str], arch: dict[str, Any], *,
-                    verify: bool = True) -> BernoulliLVM:
-    """Load a state dict saved by :func:`save_checkpoint` into a model of ``arch``.
-
-    Uses ``torch.load(weights_only=True)``: loading never runs code. Raises
-    ValueError naming the file when it is not a tensor state dict, when its
-    sha256 differs from the metadata's (``verify``), or when its keys, shapes
-    or recorded architecture do not match ``arch``.
-    """
-    path = Path(path)
-    meta = read_metadata(path)
-    if verify and meta is not None and "sha256" in meta:
-        digest = _sha256_file(path)
-        if digest != meta["sha256"]:
-            raise ValueError(f"{path}: sha256 {digest[:16]}... does not match {meta['sha256'][:16]}... "
-                             f"recorded in {path.with_suffix('.json').name}: the file is corrupt or was "
-                             "replaced; delete it (cache) or regenerate it")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        raise ValueError(f"{path}: not a loadable weights-only state dict ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    want = {k: tuple(v.shape) for k, v in build(arch).decoder.state_dict().items()}
-    have = {k: tuple(v.shape) for k, v in state.items()}
-    problems = []
-    if meta is not None and "architecture" in meta:
-        diff = {k: (meta["architecture"].get(k), v) for k, v in arch.items()
-                if meta["architecture"].get(k) != v}
-        problems += [f"metadata {k}={a!r}, requested {k}={b!r}" for k, (a, b) in diff.items()]
-    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if extra:
-        problems.append(f"unexpected keys {extra}")
-    problems += [f"{k}: file has shape {have[k]}, architecture needs {want[k]}"
-                 for k in want if k in have and have[k] != want[k]]
-    if problems:
-        desc = ", ".join(f"{k}={v}" for k, v in arch.items())
-        raise ValueError(f"{path}: checkpoint does not match the requested architecture ({desc}): "
-                         + "; ".join(problems))
-    model = build(arch)
-    model.decoder.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    model.decoder.eval().requires_grad_(False)
-    model.invalidate()
-    return model
-
-
-# ----------------------------------------------------------------------------- CLI entry
-
-
-def train_main(names: Sequence[str] | None = None, *, out_dir: str | os.PathLike[str] | None = None,
-               seed: int = 0, steps: int | None = None, progress: bool = True,
-               cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Train named zoo models and write ``<out_dir>/<name>.pt`` + ``.json`` for each.
-
-    ``names``: trainable zoo names (default: every trained name in ``zoo.names()``).
-    ``out_dir``: where to write; default the model cache (``zoo.cache_path``), where
-    :func:`lvm.zoo.get` will find them when the recipe is the default one.
-    ``seed`` / ``steps``: override the recipe's seed and step count (recorded in
-    the metadata). Returns the .pt paths written. Prints one summary line per model.
-    """
-    from . import zoo
-
-    names = list(names) if names else [n for n in zoo.names() if zoo.is_trained(n)]
-    recipes = []
-    for n in names:
-        recipe = zoo.recipe(n)  # ValueError for unknown or untrained names
-        changes: dict[str, Any] = {"seed": int(seed)}
-        if steps is not None:
-            changes["steps"] = int(steps)
-        recipes.append((n, recipe.replace(**changes)))
-    written = []
-    for n, recipe in recipes:
-        result = train(recipe, progress=progress, name=n)
-        path = (Path(out_dir) / f"{n}.pt" if out_dir is not None
-                else zoo.cache_path(n, recipe, cache_dir=cache_dir))
-        save_checkpoint(result, path)
-        m = result.metadata
-        print(f"{n}: final train loss {m['final_train_loss']:.2f} nats "
-              f"({m['steps']} steps, {m['wall_time_s']:.0f} s) -> {path}", file=sys.stderr)
-        written.append(path)
-    return written

@@ -30,14 +30,17 @@ Where trained weights come from, in this order:
 1. a shipped checkpoint ``lvm/checkpoints/<name>.pt`` (+ ``.json``); shipped:
    ``SHIPPED`` (prior-iwae-k2 and jensen-k2);
 2. the model cache ``<root>/models/<name>-<recipe key>.pt``, where root is
-   ``cache_dir``, else ``$LVM_CACHE_DIR``, else ``~/.cache/lvm-bench`` (the
-   same root the data and ground-truth caches use);
+   :func:`lvm._io.cache_root` (``cache_dir``, else ``$LVM_CACHE_DIR``, else
+   ``~/.cache/lvm-bench``: the same root the data and ground-truth caches use);
 3. otherwise the model is trained once (deterministic for the recipe, about
    15-20 s on one CPU thread) and saved there atomically for reuse.
 
-Checkpoints are float32 state dicts loaded with ``torch.load(weights_only=True)``
-(loading never runs code); a file whose keys, shapes or recorded architecture
-do not match the name's architecture is a ValueError naming the file.
+``train_models`` trains names ahead of time (the ``train`` command).
+
+Checkpoints (:mod:`lvm.checkpoint`) are float32 state dicts loaded with
+``torch.load(weights_only=True)`` (loading never runs code); a file whose keys,
+shapes or recorded architecture do not match the name's architecture is an
+InputError naming the file.
 
 Every model can be viewed in the other likelihood parametrization with
 ``BernoulliLVM.with_output("probs" | "logits")``.
@@ -48,7 +51,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +61,10 @@ from typing import Any
 import torch
 
 from . import train as _train
-from .model import BernoulliLVM
+from ._io import cache_root
+from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .errors import InputError
+from .model import BernoulliLVM, architecture, build
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
 FAMILIES = ("untrained", "untrained-probs", "prior-iwae", "jensen")
@@ -88,7 +96,7 @@ class Spec:
 
     def architecture(self) -> dict[str, Any]:
         shape = SMALL_PROBS if self.family == "untrained-probs" else BIG
-        return _train.architecture(self.latent_dim, **shape)
+        return architecture(self.latent_dim, **shape)
 
 
 def names(ks: tuple[int, ...] | list[int] | None = None) -> list[str]:
@@ -97,13 +105,13 @@ def names(ks: tuple[int, ...] | list[int] | None = None) -> list[str]:
     return [f"{f}-k{k}" for f in FAMILIES for k in ks]
 
 
-def _unknown(name: object, why: str) -> ValueError:
-    return ValueError(f"model name {name!r} {why}; accepted: {', '.join(names())} "
+def _unknown(name: object, why: str) -> InputError:
+    return InputError(f"model name {name!r} {why}; accepted: {', '.join(names())} "
                       f"(in general {', '.join(PATTERNS)} for any K >= 1)")
 
 
 def parse(name: str) -> Spec:
-    """Split a name into family and K; ValueError listing the known names otherwise."""
+    """Split a name into family and K; InputError listing the known names otherwise."""
     if not isinstance(name, str):
         raise _unknown(name, "is not a string")
     m = _NAME_RE.match(name)
@@ -120,16 +128,12 @@ def is_trained(name: str) -> bool:
 
 
 def recipe(name: str) -> _train.Recipe:
-    """The default training recipe of a trained name (ValueError for untrained ones)."""
+    """The default training recipe of a trained name (InputError for untrained ones)."""
     spec = parse(name)
     if not spec.trained:
-        raise ValueError(f"model {name!r} is not trained; trainable families: "
+        raise InputError(f"model {name!r} is not trained; trainable families: "
                          f"{', '.join(f'{f}-k{{K}}' for f in TRAINED)}")
     return _train.Recipe(objective=spec.family, latent_dim=spec.latent_dim, **BIG, **RECIPE_DEFAULTS)
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("LVM_CACHE_DIR") or Path.home() / ".cache" / "lvm-bench")
 
 
 def cache_path(name: str, recipe: _train.Recipe | None = None, *,
@@ -154,21 +158,21 @@ def get(name: str, *, cache_dir: str | os.PathLike[str] | None = None,
     spec = parse(name)
     arch = spec.architecture()
     if not spec.trained:
-        return _train.build(arch, seed=0)
+        return build(arch, seed=0)
     rec = recipe(name)
     shipped = shipped_path(name)
     if shipped.is_file():
-        meta = _train.read_metadata(shipped) or {}
+        meta = read_metadata(shipped) or {}
         if meta.get("recipe_key") not in (None, rec.key()):
             warnings.warn(f"{shipped} was trained with recipe {meta.get('recipe')}, which differs from "
                           f"the current default {rec}; regenerate with scripts/train_checkpoints.py",
                           stacklevel=2)
-        return _train.load_checkpoint(shipped, arch)
+        return load_checkpoint(shipped, arch)
     path = cache_path(name, rec, cache_dir=cache_dir)
     if not path.is_file():
         result = _train.train(rec, progress=progress, name=name)
-        _train.save_checkpoint(result, path)
-    return _train.load_checkpoint(path, arch)
+        save_checkpoint(result, path)
+    return load_checkpoint(path, arch)
 
 
 def metadata(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
@@ -177,7 +181,40 @@ def metadata(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> d
     if not spec.trained:
         return None
     shipped = shipped_path(name)
-    return _train.read_metadata(shipped if shipped.is_file() else cache_path(name, cache_dir=cache_dir))
+    return read_metadata(shipped if shipped.is_file() else cache_path(name, cache_dir=cache_dir))
+
+
+def train_models(names: Sequence[str] | None = None, *, out_dir: str | os.PathLike[str] | None = None,
+                 seed: int = 0, steps: int | None = None, progress: bool = True,
+                 cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Train named models and write ``<out_dir>/<name>.pt`` + ``.json`` for each.
+
+    ``names``: trainable names (default: every trained name in :func:`names`);
+    all are checked before any training starts. ``out_dir``: where to write;
+    default the model cache (:func:`cache_path`), where :func:`get` finds them
+    when the recipe is the default one. ``seed`` / ``steps``: override the
+    recipe's seed and step count (recorded in the metadata). Returns the .pt
+    paths written; prints one summary line per model to stderr.
+    """
+    names = list(names) if names else [n for n in globals()["names"]() if is_trained(n)]
+    recipes = []
+    for n in names:
+        rec = recipe(n)  # InputError for unknown or untrained names
+        changes: dict[str, Any] = {"seed": int(seed)}
+        if steps is not None:
+            changes["steps"] = int(steps)
+        recipes.append((n, rec.replace(**changes)))
+    written = []
+    for n, rec in recipes:
+        result = _train.train(rec, progress=progress, name=n)
+        path = (Path(out_dir) / f"{n}.pt" if out_dir is not None
+                else cache_path(n, rec, cache_dir=cache_dir))
+        save_checkpoint(result, path)
+        m = result.metadata
+        print(f"{n}: final train loss {m['final_train_loss']:.2f} nats "
+              f"({m['steps']} steps, {m['wall_time_s']:.0f} s) -> {path}", file=sys.stderr)
+        written.append(path)
+    return written
 
 
 @torch.no_grad()
@@ -189,12 +226,12 @@ def decoded_grid(model: BernoulliLVM, n: int = 15, span: float = 3.0) -> torch.T
     """
     K = model.latent_dim
     if K < 2:
-        raise ValueError(f"decoded_grid needs latent_dim >= 2; this model has {K}")
+        raise InputError(f"decoded_grid needs latent_dim >= 2; this model has {K}")
     if n < 1 or not math.isfinite(span) or span <= 0:
-        raise ValueError(f"n={n}, span={span}; accepted: n >= 1 and a positive finite span")
+        raise InputError(f"n={n}, span={span}; accepted: n >= 1 and a positive finite span")
     side = int(round(math.sqrt(model.data_dim)))
     if side * side != model.data_dim:
-        raise ValueError(f"data_dim={model.data_dim} is not a square image")
+        raise InputError(f"data_dim={model.data_dim} is not a square image")
     ticks = torch.linspace(-span, span, n, dtype=torch.float64)
     z = torch.zeros(n, n, K, dtype=torch.float64)
     z[..., 0] = ticks[None, :]

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lvm import train, zoo  # noqa: E402
+from lvm import checkpoint, zoo  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,13 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--figures", default=str(ROOT / "results" / "figures"))
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
-    train.train_main(args.names, out_dir=args.out, progress=not args.no_progress)
+    zoo.train_models(args.names, out_dir=args.out, progress=not args.no_progress)
     figures = Path(args.figures)
     for name, file in (("prior-iwae-k2", "decoded_grid_k2.png"), ("jensen-k2", "decoded_grid_jensen_k2.png")):
         path = Path(args.out) / f"{name}.pt"
         if name in args.names and path.is_file():
-            model = train.load_checkpoint(path, zoo.parse(name).architecture())
-            meta = train.read_metadata(path)
+            model = checkpoint.load_checkpoint(path, zoo.parse(name).architecture())
+            meta = checkpoint.read_metadata(path)
             title = f"{name}: pixel means on a grid of z (train loss {meta['final_train_loss']:.1f} nats)"
             out = zoo.save_decoded_grid(model, figures / file, title=title)
             print(f"wrote {out}", file=sys.stderr)

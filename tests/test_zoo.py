@@ -1,4 +1,4 @@
-"""lvm.zoo and lvm.train: names, seeded untrained models, shipped and cached checkpoints."""
+"""lvm.zoo, lvm.train and lvm.checkpoint: names, seeded untrained models, shipped and cached checkpoints."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import lvm
-from lvm import train, zoo
+from lvm import checkpoint, train, zoo
+from lvm.model import build
 
 TINY = dict(hidden=16, layers=1, steps=5, batch_size=32, n_samples=8, lr=1e-2)
 
@@ -70,7 +71,7 @@ def test_untrained_models_are_seeded_and_deterministic():
 
 def test_untrained_matches_the_trained_initialisation():
     rec = zoo.recipe("prior-iwae-k2")
-    init = train.build(rec.architecture(), seed=rec.seed)
+    init = build(rec.architecture(), seed=rec.seed)
     assert init.fingerprint() == zoo.get("untrained-k2").fingerprint()
 
 
@@ -105,19 +106,19 @@ def test_architecture_mismatch_is_a_clear_error(tmp_path):
     torch.save(lvm.seed_decoder(4, hidden=512, layers=3, output="logits").state_dict(), wrong)
     arch = zoo.parse("prior-iwae-k2").architecture()
     with pytest.raises(ValueError, match=r"wrong\.pt.*does not match.*0\.weight: file has shape \(512, 4\)"):
-        train.load_checkpoint(wrong, arch)
+        checkpoint.load_checkpoint(wrong, arch)
     short = tmp_path / "short.pt"
     torch.save(lvm.seed_decoder(2, hidden=512, layers=2, output="logits").state_dict(), short)
     with pytest.raises(ValueError, match=r"short\.pt.*missing keys"):
-        train.load_checkpoint(short, arch)
+        checkpoint.load_checkpoint(short, arch)
     notdict = tmp_path / "notdict.pt"
     torch.save([torch.zeros(2)], notdict)
     with pytest.raises(ValueError, match="notdict.pt: expected a state dict"):
-        train.load_checkpoint(notdict, arch)
+        checkpoint.load_checkpoint(notdict, arch)
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="garbage.pt: not a loadable"):
-        train.load_checkpoint(garbage, arch)
+        checkpoint.load_checkpoint(garbage, arch)
 
 
 def test_mismatched_cached_checkpoint_via_get(tmp_path, no_training):
@@ -131,16 +132,16 @@ def test_mismatched_cached_checkpoint_via_get(tmp_path, no_training):
 
 def test_metadata_output_mismatch_and_corruption(tmp_path):
     rec = train.Recipe("jensen", 2, output="probs", **TINY)
-    path = train.save_checkpoint(train.train(rec, data=_data(), progress=False), tmp_path / "m.pt")
+    path = checkpoint.save_checkpoint(train.train(rec, data=_data(), progress=False), tmp_path / "m.pt")
     arch = rec.architecture()
-    assert train.load_checkpoint(path, arch).output == "probs"
+    assert checkpoint.load_checkpoint(path, arch).output == "probs"
     with pytest.raises(ValueError, match="metadata output='probs', requested output='logits'"):
-        train.load_checkpoint(path, dict(arch, output="logits"))
+        checkpoint.load_checkpoint(path, dict(arch, output="logits"))
     raw = bytearray(path.read_bytes())
     raw[-30] ^= 1
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="m.pt: sha256 .* does not match"):
-        train.load_checkpoint(path, arch)
+        checkpoint.load_checkpoint(path, arch)
 
 
 def test_tiny_training_is_deterministic_and_learns(tmp_path):
@@ -152,7 +153,7 @@ def test_tiny_training_is_deterministic_and_learns(tmp_path):
     assert a.model.fingerprint() == b.model.fingerprint()
     assert a.losses[-1] < a.losses[0]
     z = torch.randn(64, 2, generator=torch.Generator().manual_seed(1))
-    init = train.build(rec.architecture(), seed=rec.seed)
+    init = build(rec.architecture(), seed=rec.seed)
     before = train.objective_loss(init.decoder, x, z, "prior-iwae").mean()
     after = train.objective_loss(a.model.decoder, x, z, "prior-iwae").mean()
     assert after < before - 1
@@ -166,12 +167,12 @@ def test_tiny_training_is_deterministic_and_learns(tmp_path):
                 "final_train_loss", "wall_time_s", "torch_version", "seed", "deviations_from_textbook"):
         assert key in meta
     assert meta["final_train_loss"] == pytest.approx(sum(a.losses) / 5, abs=1e-3)
-    path = train.save_checkpoint(a, tmp_path / "tiny.pt")
+    path = checkpoint.save_checkpoint(a, tmp_path / "tiny.pt")
     saved = json.loads(path.with_suffix(".json").read_text())
     import hashlib
 
     assert saved["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    loaded = train.load_checkpoint(path, rec.architecture())
+    loaded = checkpoint.load_checkpoint(path, rec.architecture())
     assert loaded.fingerprint() == a.model.fingerprint()
 
 
@@ -211,12 +212,12 @@ def test_get_trains_once_into_the_cache(monkeypatch, tmp_path):
     other = tmp_path / "elsewhere"
     zoo.get("jensen-k3", cache_dir=other, progress=False)
     assert len(calls) == 2 and zoo.cache_path("jensen-k3", cache_dir=other).is_file()
-    # train_main writes <out>/<name>.pt with the overrides recorded
-    paths = train.train_main(["prior-iwae-k1"], out_dir=tmp_path / "ckpt", steps=2, progress=False)
+    # train_models writes <out>/<name>.pt with the overrides recorded
+    paths = zoo.train_models(["prior-iwae-k1"], out_dir=tmp_path / "ckpt", steps=2, progress=False)
     assert paths == [tmp_path / "ckpt" / "prior-iwae-k1.pt"]
     assert json.loads(paths[0].with_suffix(".json").read_text())["steps"] == 2
     with pytest.raises(ValueError, match="not trained"):
-        train.train_main(["untrained-k2"], out_dir=tmp_path / "ckpt")
+        zoo.train_models(["untrained-k2"], out_dir=tmp_path / "ckpt")
 
 
 def test_decoded_grid():
