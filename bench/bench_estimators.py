@@ -13,16 +13,10 @@ part-2 decoder (2 x 128 ELU, Sigmoid). The textbook builds the [B, N, 784] per-p
 sums it and takes ``torch.logsumexp``. The textbook benchmark records the speed-up of
 log_space over it in ``extra_info`` (target: >= 50x).
 
-Memory: log_space at N = 10^7, B = 100 with the part-2 decoder, in a fresh subprocess:
-peak RSS minus the RSS just before the call (target: < 512 MB). tracemalloc does not see
-torch's allocations, hence RSS; and a child's ``ru_maxrss`` inherits its parent's peak on
-Linux, so the child resets its own high-water mark (``/proc/self/clear_refs``) and reads
-``VmHWM``, falling back to ``ru_maxrss`` where there is no procfs.
-
-Measured (2 shared AMD EPYC cores, one thread, torch 2.13 CPU, medians):
-part-4: log_space 0.325 s, textbook 10.83 s, 33x; part-2: log_space 0.196 s, textbook
-10.54 s, 54x. Peak memory of log_space above baseline: 67 MB at N = 10^7 (44 MB at
-N = 10^4), 250 s for the N = 10^7 call.
+Memory: log_space at N = 10^7, B = 100 with the part-2 decoder, in a fresh subprocess, measured
+by :class:`bench.timing.PeakMemory` (peak resident memory above the level just before the call;
+target: < 512 MB). tracemalloc does not see torch's allocations, hence resident memory.
+Measured figures live in the README (Throughput and memory), not here.
 """
 
 from __future__ import annotations
@@ -39,6 +33,7 @@ import pytest
 import torch
 
 import lvm
+from lvm.runtime import set_torch_threads
 
 B, N, K = 100, 10_000, 2
 DTYPE = torch.float32
@@ -76,10 +71,8 @@ def textbook_log_px(decoder: torch.nn.Module, x: torch.Tensor, z: torch.Tensor,
 
 @pytest.fixture(autouse=True)
 def _threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+    with set_torch_threads(THREADS):
+        yield
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -129,41 +122,21 @@ def test_textbook_speed(benchmark, case):
 
 
 MEMORY_SCRIPT = textwrap.dedent("""
-    import json, resource, sys, time
+    import json, sys, time
     import torch
     torch.set_num_threads(int(sys.argv[2]))
     import lvm
-
-    def status_kib(key):
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
-
-    def baseline_bytes():
-        # On Linux a child's ru_maxrss starts at its parent's peak (fork copies the mm's
-        # high-water mark and exec keeps it), so with pytest as the parent it says nothing
-        # about this process. Reset this process's own high-water mark (VmHWM) to its
-        # current RSS instead and measure from there.
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")
-            return status_kib("VmRSS") * 1024, "VmHWM"
-        except OSError:  # no procfs (macOS): ru_maxrss, in bytes there
-            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "ru_maxrss"
-
-    def peak_bytes(source):
-        if source == "VmHWM":
-            return status_kib("VmHWM") * 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from bench.timing import PeakMemory
 
     n = int(sys.argv[1])
     model = lvm.BernoulliLVM(lvm.seed_decoder(2), 2, "probs")
     x = model.sample_x(100, torch.Generator().manual_seed(0))
-    before, source = baseline_bytes()
     t = time.perf_counter()
-    est = lvm.log_space(model, x, n, dtype="float32", seed=0)
+    with PeakMemory("cpu") as peak:
+        est = lvm.log_space(model, x, n, dtype="float32", seed=0)
     seconds = time.perf_counter() - t
-    print(json.dumps({"n": n, "baseline_bytes": before, "peak_bytes": peak_bytes(source), "source": source,
-                      "seconds": seconds, "finite": bool(torch.isfinite(est.log_px).all())}))
+    print(json.dumps({"n": n, "peak_bytes": peak.peak, "seconds": seconds,
+                      "finite": bool(torch.isfinite(est.log_px).all())}))
 """)
 
 
@@ -172,7 +145,7 @@ def _peak_memory(n: int) -> dict:
     out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(n), str(THREADS)], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
-    r["peak_mb"] = (r["peak_bytes"] - r["baseline_bytes"]) / 2**20
+    r["peak_mb"] = r["peak_bytes"] / 2**20
     return r
 
 
@@ -184,7 +157,7 @@ def test_peak_memory_log_space_n1e7(benchmark):
     big = benchmark.pedantic(lambda: _peak_memory(MEMORY_N), rounds=1, iterations=1)
     benchmark.extra_info.update(
         n=MEMORY_N, B=B, model="part2-probs", peak_mb=big["peak_mb"], peak_mb_at_n1e4=small["peak_mb"],
-        baseline_mb=big["baseline_bytes"] / 2**20, source=big["source"], seconds=big["seconds"],
+        seconds=big["seconds"],
         target_mb=MEMORY_TARGET_MB)
     print(f"\nlog_space peak memory above baseline: {big['peak_mb']:.1f} MB at N=10^7 "
           f"({small['peak_mb']:.1f} MB at N=10^4), {big['seconds']:.0f} s")

@@ -24,6 +24,7 @@ import torch
 
 import lvm
 from bench.bench_estimators import _threads  # noqa: F401 - the same one-thread fixture
+from bench.timing import estimator_flop, matmul_operands, matmul_peak_gflops, timed
 
 params = (["float16", "bfloat16", "float32", "float64"], ["log_space", "log_space_acc32", "prob_space_exp"])
 param_names = ("dtype", "estimator")
@@ -34,12 +35,6 @@ _rates: dict[tuple, float] = {}  # (what, dtype, B) -> GFLOP/s, filled as the mo
 
 def model() -> lvm.BernoulliLVM:
     return lvm.BernoulliLVM(lvm.seed_decoder(K, hidden=512, layers=3, output="logits"), K)
-
-
-def flops(m: lvm.BernoulliLVM, b: int, n: int) -> float:
-    """Multiply-adds x 2 of the decoder on n draws plus the [b, D] x [D, n] data product."""
-    dec = sum(2 * p.numel() for name, p in m.decoder.named_parameters() if name.endswith("weight"))
-    return n * dec + 2.0 * b * n * D
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +52,7 @@ def _median(benchmark) -> float:
 @pytest.mark.parametrize("dtype", params[0])
 def test_matmul_ceiling(benchmark, dtype):
     """The plain matrix product of the data-product's shape: the machine's ceiling."""
-    dt = lvm.numerics.parse_dtype(dtype)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randn(B, D, generator=g).to(dt)
-    b = torch.randn(D, N, generator=g).to(dt)
+    a, b = matmul_operands(lvm.numerics.parse_dtype(dtype), "cpu", (B, D, N))
     benchmark.group = f"ceiling: [{B}, {D}] @ [{D}, {N}]"
     benchmark.pedantic(lambda: a @ b, rounds=5, warmup_rounds=1, iterations=1)
     rate = 2 * B * D * N / _median(benchmark) / 1e9
@@ -81,7 +73,7 @@ def test_estimator_rate(benchmark, setup, dtype, estimator):
     benchmark.group = f"estimators: B={B}, N={N}, K={K}"
     benchmark.pedantic(fn, rounds=3 if dtype == "float16" else 5, warmup_rounds=1, iterations=1)
     t = _median(benchmark)
-    rate = flops(m, B, N) / t / 1e9
+    rate = estimator_flop(m.decoder, B, N) / t / 1e9
     info = {"dtype": dtype, "estimator": estimator, "terms_per_s": B * N / t, "gflops": rate}
     ceiling = _rates.get(("matmul", dtype, B))
     if ceiling:
@@ -123,30 +115,20 @@ def test_numpy_scipy_vs_log_space(benchmark, setup):
     benchmark.group = f"estimators: B={B}, N={N}, K={K}"
     benchmark.pedantic(lambda: numpy_log_space(forward, xn, z), rounds=3, warmup_rounds=1, iterations=1)
     t_numpy = _median(benchmark)
-    t_lvm = min(timed(lambda: lvm.log_space(m, xb, N, dtype="float32", seed=0)) for _ in range(5))
+    t_lvm = min(timed(lambda: lvm.log_space(m, xb, N, dtype="float32", seed=0), "cpu")[1] for _ in range(5))
     benchmark.extra_info.update(numpy_seconds=t_numpy, log_space_seconds=t_lvm,
                                 speedup_vs_numpy=t_numpy / t_lvm)
     print(f"\nNumPy/SciPy {t_numpy:.3f} s, lvm.log_space {t_lvm:.3f} s: {t_numpy / t_lvm:.2f}x")
 
 
-def timed(fn) -> float:
-    import time
-
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def test_log_space_fraction_of_ceiling_b1000(benchmark, setup):
     """log_space float32 at B = 1,000, N = 10^4 against the same-shape matrix product."""
     m, x = setup
-    a, b = x.clone(), torch.randn(D, N, generator=torch.Generator().manual_seed(1))
-    t_mm = min(timed(lambda: a @ b) for _ in range(6))
-    ceiling = 2 * B_LARGE * D * N / t_mm / 1e9
+    ceiling = matmul_peak_gflops(torch.float32, "cpu", (B_LARGE, D, N), runs=6)
     benchmark.group = f"ceiling fraction: B={B_LARGE}, N={N}, float32"
     benchmark.pedantic(lambda: lvm.log_space(m, x, N, dtype="float32", seed=0),
                        rounds=5, warmup_rounds=1, iterations=1)
-    rate = flops(m, B_LARGE, N) / _median(benchmark) / 1e9
+    rate = estimator_flop(m.decoder, B_LARGE, N) / _median(benchmark) / 1e9
     frac = rate / ceiling
     benchmark.extra_info.update(gflops=rate, ceiling_gflops=ceiling, fraction_of_ceiling=frac,
                                 target=CEILING_TARGET, meets_target=frac >= CEILING_TARGET)

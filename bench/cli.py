@@ -13,12 +13,8 @@ AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-sample
               "parametrization": "parametrization", "device": "device"}
 
 
-class UsageError(Exception):
-    """Bad input: reported on stderr with exit code 2."""
-
-
 def _run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import Cell, load_config
     from .sweep import run
 
     overrides = list(args.set or [])
@@ -45,8 +41,7 @@ def _run(args: argparse.Namespace) -> int:
         getattr(executor, "close", lambda: None)()
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
     for r in failed.to_dict("records"):
-        print(f"FAILED {r['estimator']} {r['dtype']} N={r['n_samples']} {r['model']} "
-              f"{r['parametrization']} {r['device']}: {r['reason']}", file=sys.stderr)
+        print(f"FAILED {Cell.of(r).label}: {r['reason']}", file=sys.stderr)
     ok = int((table["status"] == "ok").sum()) if "status" in table else 0
     print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok - len(failed)} skipped, "
           f"{len(failed)} failed", file=sys.stderr)
@@ -59,9 +54,9 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from lvm import train
+    from lvm import zoo
 
-    train.train_main(args.names or None, out_dir=args.out, seed=args.seed, steps=args.steps,
+    zoo.train_models(args.names or None, out_dir=args.out, seed=args.seed, steps=args.steps,
                      progress=not args.no_progress)
     return 0
 
@@ -147,14 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Exit 2 with its message on bad input (:class:`lvm.errors.InputError`, the one project
+    error class); any other exception is a bug and keeps its traceback (exit 1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from lvm.errors import InputError
+
     try:
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted; finished cells are saved: continue with --resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, PermissionError) as e:
+    except InputError as e:
         print(f"lvm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
-import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from lvm import zoo
+from lvm.errors import InputError
 from lvm.numerics import DTYPES
 
 PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device")
@@ -31,7 +32,6 @@ ESTIMATORS = {
 }
 PARAMETRIZATIONS = ("logits", "probs")
 DEVICES = ("cpu", "cuda", "mps")
-MODEL_RE = re.compile(r"^(?P<state>[a-z][a-z0-9-]*?)-k(?P<k>\d+)$")
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "run": {"name": str, "seed": int, "dataset": str, "split": str, "n_data": int, "repeats": int,
@@ -48,7 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config that cannot be run; the message says what and what is accepted."""
 
 
@@ -63,16 +63,36 @@ class Cell:
     parametrization: str
     device: str
 
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> Cell:
+        """The cell of a row that has the axes as keys (a cells.csv or raw row, a dict)."""
+        try:
+            return cls(*(int(row[p]) if p == "n_samples" else str(row[p]) for p in PARAM_NAMES))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"a row lacks a valid cell coordinate ({e!r}); accepted: "
+                              f"{', '.join(PARAM_NAMES)} with an integer n_samples") from e
+
     @property
     def key(self) -> str:
+        """Names the cell's files and identifies it across runs."""
         return "__".join(str(getattr(self, p)) for p in PARAM_NAMES)
 
+    @property
+    def label(self) -> str:
+        """The cell for people: ``log_space float32 N=100 untrained-k2 logits cpu``."""
+        return (f"{self.estimator} {self.dtype} N={self.n_samples} {self.model} "
+                f"{self.parametrization} {self.device}")
+
+    def axes(self) -> dict[str, Any]:
+        """The axes as a dict, in grid order."""
+        return {p: getattr(self, p) for p in PARAM_NAMES}
+
     def coords(self) -> dict[str, Any]:
-        m = MODEL_RE.match(self.model)
+        """The axes and what follows from them: the columns cells.csv starts with."""
+        spec = zoo.parse(self.model)
         info = ESTIMATORS[self.estimator]
-        return {**{p: getattr(self, p) for p in PARAM_NAMES},
-                "state": m["state"] if m else self.model,
-                "latent_dim": int(m["k"]) if m else None,
+        return {**self.axes(),
+                "state": spec.family, "latent_dim": spec.latent_dim,
                 "space": info["space"], "form": info["form"],
                 "accumulate_dtype": info["accumulate"] or self.dtype}
 
@@ -233,9 +253,10 @@ def _check_axes(data: dict, source: str) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
             raise ConfigError(f"{source}: grid.n_samples value {n!r} is invalid; accepted: positive integers")
     for m in grid["model"]:
-        if not isinstance(m, str) or not MODEL_RE.match(m):
-            raise ConfigError(f"{source}: grid.model value {m!r} is invalid; accepted: names like "
-                              "'untrained-k2', 'prior-iwae-k2', 'jensen-k2' (see `lvm-bench models`)")
+        try:
+            zoo.parse(m)
+        except InputError as e:
+            raise ConfigError(f"{source}: grid.model value {m!r} is invalid: {e}") from e
     for axis in PARAM_NAMES:
         if not grid[axis]:
             raise ConfigError(f"{source}: grid.{axis} is empty; accepted: a non-empty list")

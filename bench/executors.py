@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import traceback
 
+from lvm.runtime import device_unavailable
+
+from .cell import Context, failed_row, run_cell
 from .config import Cell, Config
-from .sweep import Context, device_skip_reason, run_cell
+from .store import RunError
 
 INSTALL_HINT = ("--executor dask needs the optional extra: pip install 'lvm-bench[dask]' "
                 "(dask and distributed)")
@@ -29,7 +31,7 @@ class LocalExecutor:
 
     @staticmethod
     def skip_reason(device: str) -> str | None:
-        return device_skip_reason(device)
+        return device_unavailable(device)
 
     def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
         from tqdm.auto import tqdm
@@ -80,7 +82,7 @@ class DaskExecutor:
         try:
             import distributed  # noqa: F401
         except ImportError as e:
-            raise ValueError(INSTALL_HINT) from e
+            raise RunError(INSTALL_HINT) from e
         self.scheduler, self.n_workers, self.retries = scheduler, n_workers, retries
         self.failed: list[dict] = []
         self._conn = None
@@ -115,7 +117,7 @@ class DaskExecutor:
             try:
                 return Client(self.scheduler, timeout="20s"), None
             except OSError as e:
-                raise ValueError(f"--scheduler {self.scheduler!r}: cannot connect ({e})") from e
+                raise RunError(f"--scheduler {self.scheduler!r}: cannot connect ({e})") from e
         # one task thread per worker process: one timed cell at a time per worker
         cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
                                host="127.0.0.1", dashboard_address=None)
@@ -149,16 +151,11 @@ class DaskExecutor:
             self.close()
 
 
-def failed_row(cell: Cell, error: BaseException) -> dict:
-    return {**cell.coords(), "status": "failed", "reason": f"{type(error).__name__}: {error}",
-            "traceback": "".join(traceback.format_exception(error))[-2000:]}
-
-
 def make_executor(name: str, scheduler: str | None = None, n_workers: int = 2):
     if name == "local":
         if scheduler:
-            raise ValueError(f"--scheduler {scheduler!r} needs --executor dask")
+            raise RunError(f"--scheduler {scheduler!r} needs --executor dask")
         return LocalExecutor()
     if name == "dask":
         return DaskExecutor(scheduler, n_workers=n_workers)
-    raise ValueError(f"--executor {name!r} is not supported; accepted: local, dask")
+    raise RunError(f"--executor {name!r} is not supported; accepted: local, dask")

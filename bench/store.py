@@ -1,4 +1,4 @@
-"""The results directory: atomic writes, resumable per-cell parts, loading runs.
+"""The results directory: atomic writes, resumable per-cell parts, and one typed run loader.
 
 Layout of ``results/<run>/``::
 
@@ -6,7 +6,10 @@ Layout of ``results/<run>/``::
     cells.csv        one row per cell: the axes as columns, then the metrics
     raw.parquet      one row per (cell, datapoint, repeat) estimate (raw.csv.gz without pyarrow)
     loglik.csv.gz    float64 log p(x|z) for 512 prior draws per digit and model (Figure 4)
+    k2.npz           what Figure 7 draws for each K = 2 model (digit, decoded grid, posterior, draws)
     parts/           one finished cell per file; what --resume reads
+
+``load_run`` is the one way to read a run back: report and compare both use it.
 """
 
 from __future__ import annotations
@@ -14,36 +17,46 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+from dataclasses import dataclass, field, fields
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from lvm import zoo
+from lvm._io import atomic_write as _atomic_write_bytes
+from lvm.errors import InputError
+
+from .config import PARAM_NAMES
+from .metrics import NUMERIC
+
 FORMAT_VERSION = 1
+RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz", "k2.npz",
+             "report.md", "report.html")
+RUN_DIRS = ("parts", "figures", "tables")
 
 
-class RunError(ValueError):
+class RunError(InputError):
     """A results directory that cannot be used as asked."""
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Call ``write(f)`` with a binary file object, then rename over ``path``: never half a file.
+
+    Writers that want a path or text (pandas, json) get a file object: pandas and numpy write
+    to it directly, text goes through ``write_text``.
+    """
+    _atomic_write_bytes(Path(path), write)
+
+
+def write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, obj: Any, *, sort_keys: bool = True) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=sort_keys, default=str)
-    atomic_write(path, lambda p: p.write_text(text + "\n"))
+    write_text(path, json.dumps(obj, indent=2, sort_keys=sort_keys, default=str) + "\n")
 
 
 def has_parquet() -> bool:
@@ -54,8 +67,18 @@ def has_parquet() -> bool:
     return True
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise RunError(f"{path}: expected a JSON object, found {type(obj).__name__}")
+    return obj
+
+
 class RunStore:
-    """One run directory."""
+    """One run directory, as the sweep writes it."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -78,10 +101,9 @@ class RunStore:
         if resume and not self.exists():
             raise RunError(f"--resume: {self.root} holds no run to resume")
         if force and not resume and self.exists():
-            for name in ("parts", "figures", "tables"):
+            for name in RUN_DIRS:
                 shutil.rmtree(self.root / name, ignore_errors=True)
-            for f in ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz",
-                      "report.md", "report.html"):
+            for f in RUN_FILES:
                 (self.root / f).unlink(missing_ok=True)
         try:
             self.parts.mkdir(parents=True, exist_ok=True)
@@ -90,11 +112,9 @@ class RunStore:
 
     def read_meta(self) -> dict:
         if not self.meta_path.exists():
-            raise RunError(f"{self.root} is not a run: meta.json is missing")
-        try:
-            return json.loads(self.meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise RunError(f"{self.meta_path}: not valid JSON ({e})") from e
+            raise RunError(f"{self.root} is not a run: meta.json is missing (expected a directory "
+                           "written by `lvm-bench run`)")
+        return _read_json(self.meta_path)
 
     def write_meta(self, meta: dict) -> None:
         write_json(self.meta_path, {"format_version": FORMAT_VERSION, **meta})
@@ -109,11 +129,11 @@ class RunStore:
     def write_part(self, key: str, row: dict, raw: pd.DataFrame) -> None:
         """Save one finished cell: the raw rows first, then the summary that marks it done."""
         atomic_write(self.parts / f"{key}.raw.csv.gz",
-                     lambda p: raw.to_csv(p, index=False, compression="gzip"))
+                     lambda f: raw.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
         write_json(self.parts / f"{key}.json", row, sort_keys=False)  # keeps column order
 
     def read_part(self, key: str) -> tuple[dict, pd.DataFrame]:
-        row = json.loads((self.parts / f"{key}.json").read_text())
+        row = _read_json(self.parts / f"{key}.json")
         return row, pd.read_csv(self.parts / f"{key}.raw.csv.gz")
 
     def write_tables(self, order: list[str], skipped: list[dict] | None = None) -> pd.DataFrame:
@@ -127,34 +147,212 @@ class RunStore:
                 raws.append(raw)
         rows += skipped or []
         cells = pd.DataFrame(rows)
-        atomic_write(self.root / "cells.csv", lambda p: cells.to_csv(p, index=False))
+        atomic_write(self.root / "cells.csv", lambda f: cells.to_csv(f, index=False))
         if raws:
             raw = pd.concat(raws, ignore_index=True)
             if has_parquet():
-                atomic_write(self.root / "raw.parquet", lambda p: raw.to_parquet(p, index=False))
+                atomic_write(self.root / "raw.parquet", lambda f: raw.to_parquet(f, index=False))
             else:
-                atomic_write(self.root / "raw.csv.gz",
-                             lambda p: raw.to_csv(p, index=False, compression="gzip"))
+                atomic_write(self.root / "raw.csv.gz", lambda f: raw.to_csv(
+                    f, index=False, compression={"method": "gzip", "mtime": 0}))
         return cells
 
 
-def load_run(path: str | os.PathLike) -> tuple[pd.DataFrame, dict]:
-    """(cells table, meta) of a finished or partial run; RunError if it is not a run."""
+# ----------------------------------------------------------------------------- reading a run
+
+
+@dataclass(frozen=True)
+class Meta:
+    """meta.json, typed: every field the report and compare read, with its empty default."""
+
+    format_version: int | None = None
+    status: str | None = None
+    config: dict = field(default_factory=dict)
+    config_source: str | None = None
+    environment: dict = field(default_factory=dict)
+    dataset: dict = field(default_factory=dict)
+    seeds: dict = field(default_factory=dict)
+    models: dict = field(default_factory=dict)
+    truth: dict = field(default_factory=dict)
+    matmul_peak_gflops: dict = field(default_factory=dict)
+    excluded_cells: list = field(default_factory=list)
+    executor: str = "local"
+    started: str | None = None
+    ended: str | None = None
+    wall_seconds: float | None = None
+
+    @classmethod
+    def of(cls, data: dict) -> Meta:
+        kinds = {f.name: f for f in fields(cls)}
+        given = {k: v for k, v in data.items() if k in kinds and v is not None}
+        return cls(**given)
+
+    @property
+    def run(self) -> dict:
+        """The ``[run]`` section of the config."""
+        return self.config.get("run") or {}
+
+    @property
+    def grid(self) -> dict:
+        return self.config.get("grid") or {}
+
+    @property
+    def hardware(self) -> dict:
+        return self.environment.get("hardware") or {}
+
+    @property
+    def git(self) -> dict:
+        return self.environment.get("git") or {}
+
+    @property
+    def versions(self) -> dict:
+        return self.environment.get("versions") or {}
+
+
+def _numeric_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    """Metric columns as numbers (text or absent: NaN), n_samples as int, space filled in."""
+    cells = cells.copy()
+    for name in (*NUMERIC, "latent_dim"):
+        cells[name] = pd.to_numeric(cells[name], errors="coerce") if name in cells else np.nan
+    for c in ("space", "reason"):
+        if c not in cells:
+            cells[c] = np.nan
+    cells["n_samples"] = pd.to_numeric(cells["n_samples"], errors="coerce")
+    cells = cells.dropna(subset=["n_samples"]).astype({"n_samples": int})
+    for p in PARAM_NAMES:
+        if p != "n_samples":
+            cells[p] = cells[p].astype(str)
+    if cells["space"].isna().any():
+        cells["space"] = cells["space"].fillna(cells["estimator"].str.split("_").str[0])
+    if cells["latent_dim"].isna().any():
+        cells["latent_dim"] = cells["latent_dim"].fillna(cells["model"].map(_latent_dim))
+    return cells
+
+
+def _latent_dim(model: str) -> float:
+    try:
+        return float(zoo.parse(model).latent_dim)
+    except InputError:
+        return float("nan")
+
+
+@dataclass
+class Run:
+    """A run read back: cells and meta at once, the large files when first used.
+
+    ``problems`` lists what is missing or unreadable, in words; a run that cannot be read
+    at all is a :class:`RunError` from :func:`load_run` instead.
+    """
+
+    root: Path
+    meta: Meta
+    cells: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> pd.DataFrame:
+        """The measured cells (status ok)."""
+        return self.cells[self.cells["status"] == "ok"]
+
+    @cached_property
+    def raw(self) -> pd.DataFrame | None:
+        """One row per (cell, datapoint, repeat), or None when the run has no raw file."""
+        if (self.root / "raw.parquet").exists() and has_parquet():
+            return pd.read_parquet(self.root / "raw.parquet")
+        if (self.root / "raw.csv.gz").exists():
+            return pd.read_csv(self.root / "raw.csv.gz")
+        return None
+
+    @cached_property
+    def loglik(self) -> pd.DataFrame | None:
+        """float64 log p(x|z) per (model, datapoint, draw) (Figure 4), or None, with a problem noted."""
+        path = self.root / "loglik.csv.gz"
+        if not path.exists():
+            self.problems.append("loglik.csv.gz is missing (the per-draw log-likelihoods); Figure 4 is "
+                                 "left out")
+            return None
+        try:
+            ll = pd.read_csv(path)
+        except Exception as e:  # noqa: BLE001 - a truncated gzip raises EOFError, zlib.error, ...
+            self.problems.append(f"loglik.csv.gz cannot be read ({type(e).__name__}); Figure 4 is left out")
+            return None
+        if not {"model", "datapoint", "loglik"} <= set(ll):
+            self.problems.append("loglik.csv.gz lacks the columns model, datapoint, loglik; Figure 4 is "
+                                 "left out")
+            return None
+        return ll
+
+    @cached_property
+    def k2(self) -> dict[str, dict[str, np.ndarray]] | None:
+        """Figure 7's arrays per K = 2 model (see ``bench.cell.k2_arrays``), or None."""
+        path = self.root / "k2.npz"
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                out: dict[str, dict[str, np.ndarray]] = {}
+                for key in z.files:
+                    model, _, name = key.rpartition("/")
+                    out.setdefault(model, {})[name] = z[key]
+        except Exception as e:  # noqa: BLE001 - a damaged zip raises BadZipFile, ValueError, EOFError, ...
+            self.problems.append(f"k2.npz cannot be read ({type(e).__name__}); Figure 7 is left out")
+            return None
+        return out
+
+
+def load_run(path: str | os.PathLike) -> Run:
+    """Read a run directory; RunError when nothing of it can be used."""
     root = Path(path)
     if not root.is_dir():
         raise RunError(f"{root}: no such run directory")
-    meta = RunStore(root).read_meta()
-    cells_path = root / "cells.csv"
-    if not cells_path.exists():
-        raise RunError(f"{root}: cells.csv is missing (the run wrote no finished cell)")
-    return pd.read_csv(cells_path), meta
+    meta = Meta.of(RunStore(root).read_meta())
+    problems: list[str] = []
+    version = meta.format_version
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise RunError(f"{root}: results format {version} was written by a newer lvm-bench; this one "
+                       f"reads format {FORMAT_VERSION}: upgrade lvm-bench to read it")
+    if version != FORMAT_VERSION:
+        what = "no format_version (an older results format)" if version is None else \
+            f"results format {version!r}"
+        problems.append(f"meta.json has {what}, and this lvm-bench writes format {FORMAT_VERSION}: the "
+                        "report shows what it can read; rerun the sweep with `lvm-bench run` for a full one")
+    path = root / "cells.csv"
+    if not path.exists():
+        raise RunError(f"{root}: cells.csv is missing, so there is nothing to read (the run finished "
+                       f"no cell; continue it with `lvm-bench run --resume --out {root}`)")
+    try:
+        cells = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise RunError(f"{path}: cannot be read as a table ({e})") from e
+    lacking = [c for c in (*PARAM_NAMES, "status") if c not in cells]
+    if lacking:
+        raise RunError(f"{path}: lacks the column(s) {', '.join(lacking)}; results format "
+                       f"{version!r} is not one this lvm-bench reads (format {FORMAT_VERSION})")
+    absent = [c for c in NUMERIC if c not in cells]
+    if absent and (cells["status"] == "ok").any():
+        problems.append(f"cells.csv lacks the metric column(s) {', '.join(absent)}; what needs them is "
+                        "left out")
+    cells = _numeric_cells(cells)
+    if not ((root / "raw.parquet").exists() or (root / "raw.csv.gz").exists()):
+        problems.append("the per-estimate file (raw.parquet or raw.csv.gz) is missing; the report does not "
+                        "need it, but `lvm-bench compare` and re-analysis do")
+    if meta.status != "complete":
+        problems.append(f"the run's status is {meta.status!r}, not 'complete': its cells may be partial "
+                        "(continue it with `lvm-bench run --resume`)")
+    problems += _missing_cells(meta, cells)
+    return Run(root, meta, cells, problems)
 
 
-def load_raw(path: str | os.PathLike) -> pd.DataFrame | None:
-    """The per-estimate rows of a run, or None when the run has no raw file."""
-    root = Path(path)
-    if (root / "raw.parquet").exists() and has_parquet():
-        return pd.read_parquet(root / "raw.parquet")
-    if (root / "raw.csv.gz").exists():
-        return pd.read_csv(root / "raw.csv.gz")
-    return None
+def _missing_cells(meta: Meta, cells: pd.DataFrame) -> list[str]:
+    from .config import validate
+
+    try:
+        expected, _ = validate(meta.config, "meta.json").cells()
+    except (InputError, KeyError, TypeError) as e:
+        return [f"the grid in meta.json cannot be expanded ({e}); missing cells are not listed"]
+    have = {"__".join(str(v) for v in r) for r in cells[list(PARAM_NAMES)].itertuples(index=False)}
+    lost = [c.key for c in expected if c.key not in have]
+    if not lost:
+        return []
+    shown = ", ".join(lost[:8]) + (f" and {len(lost) - 8} more" if len(lost) > 8 else "")
+    return [f"{len(lost)} of the {len(expected)} cells of the grid are not in cells.csv: {shown}"]

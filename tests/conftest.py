@@ -1,9 +1,13 @@
-"""Shared fixtures: one torch thread, and the seeded models the core tests use.
+"""Shared fixtures: one torch thread, the seeded models the core tests use, and one tiny sweep.
 
 Threads: float32 reductions round differently depending on how work is split across
 threads, and the CI and development machines are small and shared, so every test runs
 with ``LVM_TEST_THREADS`` torch threads (default 1). Tests that compare two runs bit for
 bit always compare runs made at the same thread count within one process.
+
+The tiny sweep (``tiny_run``) runs once per session through the CLI, into a session
+directory with its own model and ground-truth cache; the sweep, report and compare tests
+read it (copy it before changing anything in it).
 
 Allocator: the estimators allocate and free the same few-MB temporaries once per chunk.
 glibc serves blocks above its mmap threshold (128 KiB until it adapts) with fresh
@@ -18,11 +22,14 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
+from tiny import tiny_toml
 
 import lvm
+from lvm.runtime import set_torch_threads
 
 THREADS = int(os.environ.get("LVM_TEST_THREADS", "1"))
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc <malloc.h>
@@ -42,10 +49,32 @@ def _keep_temporaries_on_heap() -> None:
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
     _keep_temporaries_on_heap()
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield
-    torch.set_num_threads(before)
+    with set_torch_threads(THREADS):
+        yield
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    """One model and ground-truth cache for every sweep the tests run."""
+    return str(tmp_path_factory.mktemp("lvm-cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("config") / "tiny.toml"
+    path.write_text(tiny_toml())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config, cache_dir) -> Path:
+    """The tiny sweep, run once through the CLI: read it, or copy it before changing it."""
+    from bench.cli import main
+
+    out = tmp_path_factory.mktemp("tiny-run") / "run"
+    assert main(["run", "--config", str(tiny_config), "--out", str(out), "--cache-dir", cache_dir,
+                 "--no-progress"]) == 0
+    return out
 
 
 @pytest.fixture(scope="session")

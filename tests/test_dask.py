@@ -16,7 +16,8 @@ from tiny import tiny_toml  # noqa: E402
 
 from bench.config import load_config  # noqa: E402
 from bench.executors import DaskExecutor  # noqa: E402
-from bench.sweep import TIMING_COLUMNS, run  # noqa: E402
+from bench.metrics import TIMING_COLUMNS  # noqa: E402
+from bench.sweep import run  # noqa: E402
 
 
 def _config(tmp_path, n_samples="10,100,1000"):
@@ -34,9 +35,9 @@ def _numbers(t: pd.DataFrame) -> pd.DataFrame:
     return t.drop(columns=drop)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("cache"))
+@pytest.fixture
+def cache(cache_dir) -> str:
+    return cache_dir
 
 
 def test_local_cluster_matches_local_executor(tmp_path, cache):

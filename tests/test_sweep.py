@@ -16,16 +16,11 @@ import pytest
 from tiny import tiny_toml
 
 from bench.cli import main
-from bench.sweep import TIMING_COLUMNS
+from bench.metrics import TIMING_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 
 TINY = tiny_toml()
-
-
-@pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("lvm-cache"))
 
 
 @pytest.fixture
@@ -44,14 +39,9 @@ def _numbers(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop(columns=[c for c in (*TIMING_COLUMNS, "time_runs") if c in table])
 
 
-@pytest.fixture(scope="module")
-def reference_run(tmp_path_factory, cache_dir) -> Path:
-    d = tmp_path_factory.mktemp("runs")
-    cfg = d / "tiny.toml"
-    cfg.write_text(TINY)
-    out = d / "ref"
-    assert _cli("--config", str(cfg), "--out", str(out), cache=cache_dir) == 0
-    return out
+@pytest.fixture
+def reference_run(tiny_run) -> Path:
+    return tiny_run
 
 
 def test_tiny_run_writes_tidy_tables(reference_run):
