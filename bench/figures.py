@@ -1,19 +1,12 @@
-"""The report's figures: tidy tables in, one matplotlib Figure (or a reason to skip) out.
+"""The report's figures: tidy frames in, one matplotlib Figure (or a reason to skip) out.
 
-Every figure gives each dtype the same Okabe-Ito colour (``DTYPE_COLORS``), each
-estimator the same marker and each likelihood parametrization the same line
-style. Figures are built on ``matplotlib.figure.Figure`` (no pyplot state) with
-seaborn's axes-level functions, inside ``style()`` so that fonts, sizes and SVG
-ids are fixed and the files are byte-stable.
+Figures draw what analysis computed and the run stored; none runs a model. The palettes,
+style and layout helpers they share are :mod:`bench.plotkit`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib as mpl
 import numpy as np
@@ -24,15 +17,28 @@ from matplotlib.lines import Line2D
 
 from lvm.numerics import DTYPES, dtype_facts
 
-from .config import DEVICES, ESTIMATORS
+from .analysis import K2Panels, Order
+from .plotkit import (  # noqa: I001
+    DTYPE_COLORS,
+    ESTIMATOR_MARKERS,
+    FLOOR_DECADES,
+    N_LABEL,
+    PARAM_DASHES,
+    POSTERIOR_CMAP,
+    REF_HANDLE,
+    FigureSpec,
+    dtype_handles,
+    facets,
+    legend,
+    lines_by_dtype_and_estimator,
+    marker_handles,
+    positive,
+    ref_slope,
+    ylabel,
+)
+from .render import SUPERSCRIPT, fmt_pct
+from .timing import DATA_FLOP_PER_TERM
 
-# Okabe & Ito (2008) colour-blind-safe colours, one per dtype, in every figure.
-POSTERIOR_CMAP = mpl.colors.ListedColormap(mpl.colormaps["Greys"](np.linspace(0.0, 0.55, 256)))
-DTYPE_COLORS = {"float16": "#D55E00", "bfloat16": "#CC79A7", "float32": "#0072B2", "float64": "#009E73"}
-ESTIMATOR_MARKERS = {"prob_space": "o", "prob_space_exp": "s", "log_space": "^", "log_space_acc32": "D"}
-PARAM_DASHES = {"logits": "", "probs": (4, 2)}
-DATA_FLOP_PER_TERM = 2 * 784  # one log-likelihood term: a length-784 dot product in the data matmul
-DPI = 110
 TITLES = {
     "fig1_underflow": "Underflow rate against N",
     "fig2_bias": "Bias, rounding error and Monte Carlo bias against N",
@@ -42,155 +48,7 @@ TITLES = {
     "fig6_heatmap": "Underflow rate over N and latent dimension K",
     "fig7_k2": "K = 2: decoded digits, and where the prior samples land",
 }
-FLOOR_DECADES = 8
-SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
-N_LABEL = "N, prior samples per estimate (log scale)"
-
-
-@dataclass
-class FigureSpec:
-    """One figure of the report: drawn (``figure``) or not (``skipped`` says why)."""
-
-    name: str
-    title: str
-    caption: str
-    figure: Figure | None = None
-    skipped: str | None = None
-
-
-@dataclass(frozen=True)
-class Order:
-    """The levels present in a run, in their canonical order."""
-
-    estimators: list[str]
-    dtypes: list[str]
-    models: list[str]
-    parametrizations: list[str]
-    devices: list[str]
-
-    @classmethod
-    def of(cls, ok: pd.DataFrame, model_order: list[str] | None = None) -> Order:
-        def levels(col: str, canon) -> list[str]:
-            present = set(ok[col].dropna().astype(str)) if col in ok else set()
-            known = [v for v in canon if v in present]
-            return known + sorted(present - set(known))
-
-        models = levels("model", model_order or [])
-        return cls(levels("estimator", ESTIMATORS), levels("dtype", DTYPES), models,
-                   levels("parametrization", ("logits", "probs")), levels("device", DEVICES))
-
-    @property
-    def parametrization(self) -> str | None:
-        """The one shown where a figure shows one: logits (the exact one) when present."""
-        return self.parametrizations[0] if self.parametrizations else None
-
-    @property
-    def device(self) -> str | None:
-        return self.devices[0] if self.devices else None
-
-
-@contextlib.contextmanager
-def style() -> Iterator[None]:
-    """Fixed fonts, sizes and SVG hash salt for every figure."""
-    rc = {**sns.axes_style("whitegrid"), "svg.hashsalt": "lvm-bench", "svg.fonttype": "path",
-          "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,
-          "legend.fontsize": 8.5, "xtick.labelsize": 8, "ytick.labelsize": 8, "figure.dpi": DPI,
-          "savefig.dpi": DPI, "grid.alpha": 0.5, "axes.titleweight": "normal"}
-    with mpl.rc_context(rc):
-        yield
-
-
-def save(fig: Figure, stem: Path) -> list[Path]:
-    """Write ``stem``.png and ``stem``.svg without dates or version strings."""
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    png, svg = stem.with_suffix(".png"), stem.with_suffix(".svg")
-    fig.savefig(png, format="png", dpi=DPI, metadata={"Date": None, "Software": None})
-    fig.set_layout_engine("none")  # keep the layout the PNG computed: the SVG matches it, and faster
-    fig.savefig(svg, format="svg", metadata={"Date": None, "Creator": None})
-    return [png, svg]
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def fmt_pct(p: float) -> str:
-    """A share as a percentage that never rounds a non-zero share to 0% or a partial one to 100%."""
-    if not np.isfinite(p):
-        return "n/a"
-    v = 100 * p
-    if v in (0, 100) or 1 <= v <= 99:
-        return f"{v:.0f}%"
-    return f"{math.ceil(v * 10) / 10:g}%" if v < 1 else f"{math.floor(v * 10) / 10:g}%"
-
-
-def _facets(keys: list, ncol: int, panel: tuple[float, float] = (2.9, 2.2), *, sharex: bool = True,
-            sharey: bool = True, extra_h: float = 0.8) -> tuple[Figure, dict]:
-    """A wrapped grid with one axes per key (no empty panels); inner tick labels hidden."""
-    n = len(keys)
-    ncol = max(1, min(ncol, n))
-    nrow = math.ceil(n / ncol)
-    narrow = panel[0] * ncol < 4  # too narrow for a legend above: it goes to the right
-    fig = Figure(figsize=(panel[0] * ncol + 0.7 + 2.4 * narrow, panel[1] * nrow + extra_h * (not narrow)),
-                 layout="constrained")
-    fig.legend_right = narrow
-    gs = fig.add_gridspec(nrow, ncol)
-    axes, first = {}, None
-    for i, k in enumerate(keys):
-        r, c = divmod(i, ncol)
-        ax = fig.add_subplot(gs[r, c], sharex=first if sharex else None, sharey=first if sharey else None)
-        first = first or ax
-        if sharey and c > 0:
-            ax.tick_params(labelleft=False)
-        if sharex and i + ncol < n:
-            ax.tick_params(labelbottom=False)
-        axes[k] = ax
-    return fig, axes
-
-
-def _dtype_handles(dtypes: list[str]) -> list[Line2D]:
-    return [Line2D([], [], color=DTYPE_COLORS.get(d, "k"), lw=2, label=d) for d in dtypes]
-
-
-def _marker_handles(estimators: list[str]) -> list[Line2D]:
-    return [Line2D([], [], color="0.3", marker=ESTIMATOR_MARKERS.get(e, "o"), ls="none", label=e)
-            for e in estimators]
-
-
-def _legend(fig: Figure, handles: list, ncols: int | None = None) -> None:
-    """One legend for the figure: above the panels, or at their right when the figure is narrow."""
-    if getattr(fig, "legend_right", False):
-        fig.legend(handles=handles, loc="outside right upper", ncols=1, frameon=False, handlelength=2.4)
-        return
-    fig.legend(handles=handles, loc="outside upper center", ncols=ncols or min(len(handles), 6),
-               frameon=False, handlelength=2.4, columnspacing=1.4)
-
-
-def _ylabel(fig: Figure, axes: dict, ncol: int, text: str) -> None:
-    """One y label for the figure when it is tall, else one per row (two lines) that fits a row."""
-    ncol = max(1, min(ncol, len(axes)))
-    if math.ceil(len(axes) / ncol) >= 3:
-        fig.supylabel(text.replace("\n", " "), fontsize=9)
-        return
-    for i, ax in enumerate(axes.values()):
-        if i % ncol == 0:
-            ax.set_ylabel(text)
-
-
-def _ref_slope(ax, sub: pd.DataFrame, y: str) -> None:
-    """A grey 1/N line through the geometric mean of the values at the smallest N."""
-    v = sub[(sub[y] > 0) & np.isfinite(sub[y])]
-    if v.empty or v["n_samples"].nunique() < 2:
-        return
-    n0, n1 = v["n_samples"].min(), v["n_samples"].max()
-    c = float(np.exp(np.log(v.loc[v["n_samples"] == n0, y]).mean())) * n0
-    ax.plot([n0, n1], [c / n0, c / n1], color="0.45", ls=(0, (1.5, 1.5)), lw=1.3, zorder=1)
-
-
-REF_HANDLE = Line2D([], [], color="0.45", ls=(0, (1.5, 1.5)), lw=1.3, label="∝ 1/N reference")
-
-
-def _positive(d: pd.DataFrame, col: str) -> pd.DataFrame:
-    return d[np.isfinite(d[col]) & (d[col] > 0)]
+FIGURE_STEMS = tuple(TITLES)
 
 
 # ----------------------------------------------------------------------------- 1 underflow
@@ -218,7 +76,7 @@ def underflow_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
     spread = {dt: 10 ** (0.06 * (i - (len(o.dtypes) - 1) / 2)) for i, dt in enumerate(o.dtypes)}
     d["x"] = d["n_samples"] * d["dtype"].map(spread)
     n_est = sum(1 for e in o.estimators if e in {k[1] for k in keys})
-    fig, axes = _facets(keys, n_est, panel=(2.75, 2.0))
+    fig, axes = facets(keys, n_est, panel=(2.75, 2.0))
     for (m, e), ax in axes.items():
         sub = d[(d["model"] == m) & (d["estimator"] == e)].sort_values(["dtype", "variant", "x"])
         hue = [dt for dt in o.dtypes if dt in set(sub["dtype"])]
@@ -234,11 +92,11 @@ def underflow_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
         ax.set(xscale="log", ylim=(-0.06, 1.06), xlabel="", ylabel="", title=f"{e} · {m}")
         ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0, decimals=0))
     fig.supxlabel(N_LABEL, fontsize=9)
-    _ylabel(fig, axes, n_est, "underflow rate\n(% of estimates = −∞)")
-    handles = _dtype_handles(o.dtypes) + [
+    ylabel(fig, axes, n_est, "underflow rate\n(% of estimates = −∞)")
+    handles = dtype_handles(o.dtypes) + [
         Line2D([], [], color="0.3", ls="-" if dashes[v] == "" else (0, dashes[v]), lw=1.3, label=v)
         for v in variants]
-    _legend(fig, handles, ncols=len(handles))
+    legend(fig, handles, ncols=len(handles))
     spec.figure = fig
     return spec
 
@@ -261,34 +119,29 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
                       "not on the dtype (one black line). Colour: dtype; marker: estimator; dotted grey: "
                       "a 1/N slope for reference where 1/N is the expected rate (rounding error is set by "
                       "the dtype and does not fall with N). Zero values (the float64 log-space estimate is "
-                      "the "
-                      "replay itself) and cells where every estimate underflowed cannot be drawn on a log "
-                      "scale and are left out; standard errors are in cells.csv (bias_se, mc_bias_se).")
+                      "the replay itself) and cells where every estimate underflowed cannot be drawn on a "
+                      "log scale and are left out; standard errors are in cells.csv (bias_se, mc_bias_se).")
     d = ok[(ok["parametrization"] == par) & (ok["device"] == dev)].copy()
     d["abs_bias"] = d["bias"].abs()
     d["abs_mc_bias"] = d["mc_bias"].abs()
-    models = [m for m in o.models if any(not _positive(d[d["model"] == m], c).empty for c, _ in BIAS_COLUMNS)]
+    models = [m for m in o.models if any(not positive(d[d["model"] == m], c).empty for c, _ in BIAS_COLUMNS)]
     if not models:
         spec.skipped = f"no {par} cell on {dev} has a finite, non-zero bias or rounding error."
         return spec
     keys = [(m, c) for m in models for c, _ in BIAS_COLUMNS]
-    fig, axes = _facets(keys, 3, panel=(3.4, 2.15), sharey=False)
+    fig, axes = facets(keys, 3, panel=(3.4, 2.15), sharey=False)
     for (m, c), ax in axes.items():
-        sub = _positive(d[d["model"] == m], c)
+        sub = positive(d[d["model"] == m], c)
         if c == "abs_mc_bias":
             line = sub.groupby("n_samples", as_index=False)[c].first()
             sns.lineplot(data=line, x="n_samples", y=c, color="k", marker="o", ms=4, ax=ax, lw=1.3)
         elif not sub.empty:
-            hue = [dt for dt in o.dtypes if dt in set(sub["dtype"])]
-            sty = [e for e in o.estimators if e in set(sub["estimator"])]
-            sns.lineplot(data=sub, x="n_samples", y=c, hue="dtype", hue_order=hue, palette=DTYPE_COLORS,
-                         style="estimator", style_order=sty, markers=ESTIMATOR_MARKERS, dashes=False,
-                         estimator=None, errorbar=None, legend=False, ax=ax, lw=1.2, ms=5.5, mew=0, alpha=0.9)
+            lines_by_dtype_and_estimator(ax, sub, c, o)
         else:
             ax.text(0.5, 0.5, "no finite, non-zero values", ha="center", va="center",
                     transform=ax.transAxes, color="0.4")
         if c != "rounding_error_mean":  # rounding error is set by the dtype, not by N
-            _ref_slope(ax, sub, c)
+            ref_slope(ax, sub, c)
         ax.set(xscale="log", yscale="log", xlabel="", ylabel="")
         col = [cc for cc, _ in BIAS_COLUMNS].index(c)
         if m == models[0]:
@@ -296,9 +149,9 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
         if col == 0:
             ax.set_ylabel(f"{m}\nnats")
     fig.supxlabel(N_LABEL, fontsize=9)
-    handles = (_dtype_handles(o.dtypes) + _marker_handles(o.estimators)
+    handles = (dtype_handles(o.dtypes) + marker_handles(o.estimators)
                + [Line2D([], [], color="k", marker="o", ms=4, label="float64 replay"), REF_HANDLE])
-    _legend(fig, handles, ncols=min(len(handles), 6))
+    legend(fig, handles, ncols=min(len(handles), 6))
     spec.figure = fig
     return spec
 
@@ -313,42 +166,37 @@ def variance_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
                       f"log-log, {par} parametrization on {dev}. Colour: dtype; marker: estimator; dotted "
                       "grey: a 1/N slope for reference. Cells where fewer than two repeats of a digit were "
                       "finite have no variance and are left out.")
-    d = _positive(ok[(ok["parametrization"] == par) & (ok["device"] == dev)], "variance")
+    d = positive(ok[(ok["parametrization"] == par) & (ok["device"] == dev)], "variance")
     models = [m for m in o.models if (d["model"] == m).any()]
     if not models:
         spec.skipped = f"no {par} cell on {dev} has a finite variance."
         return spec
     ncol = 4 if len(models) != 5 else 3
-    fig, axes = _facets(models, ncol, panel=(3.0, 2.4), sharey=False)
+    fig, axes = facets(models, ncol, panel=(3.0, 2.4), sharey=False)
     floored = False
     for m, ax in axes.items():
         sub = d[d["model"] == m].copy()
         floor = sub["variance"].max() * 10.0 ** -FLOOR_DECADES
         low = sub["variance"] < floor
         sub["variance"] = sub["variance"].clip(lower=floor)
-        hue = [dt for dt in o.dtypes if dt in set(sub["dtype"])]
-        sty = [e for e in o.estimators if e in set(sub["estimator"])]
-        sns.lineplot(data=sub, x="n_samples", y="variance", hue="dtype", hue_order=hue, palette=DTYPE_COLORS,
-                     style="estimator", style_order=sty, markers=ESTIMATOR_MARKERS, dashes=False,
-                     estimator=None, errorbar=None, legend=False, ax=ax, lw=1.2, ms=5.5, mew=0, alpha=0.9)
+        lines_by_dtype_and_estimator(ax, sub, "variance", o)
         for _, r in sub[low].iterrows():
             ax.plot(r["n_samples"], floor, marker="v", ms=8, color=DTYPE_COLORS.get(r["dtype"], "k"),
                     mec="k", mew=0.6, ls="none", zorder=4, clip_on=False)
             floored = True
-        _ref_slope(ax, sub[~low], "variance")
+        ref_slope(ax, sub[~low], "variance")
         ax.set(xscale="log", yscale="log", xlabel="", ylabel="", title=m)
     fig.supxlabel(N_LABEL, fontsize=9)
-    _ylabel(fig, axes, ncol, "variance of the estimate\n(nats², log scale)")
-    handles = _dtype_handles(o.dtypes) + _marker_handles(o.estimators) + [REF_HANDLE]
+    ylabel(fig, axes, ncol, "variance of the estimate\n(nats², log scale)")
+    handles = dtype_handles(o.dtypes) + marker_handles(o.estimators) + [REF_HANDLE]
     if floored:
         handles.append(Line2D([], [], color="0.6", marker="v", ms=8, mec="k", mew=0.6, ls="none",
                               label=f"below 10{str(-FLOOR_DECADES).translate(SUPERSCRIPT)} × the panel's "
-                                    "largest "
-                                    "(drawn there)"))
+                                    "largest (drawn there)"))
         spec.caption += (f" ▼: variances more than {FLOOR_DECADES} decades below the panel's largest, drawn "
                          "at that floor so the scale stays readable; these are estimates that rounded to "
                          "(nearly) the same number in every repeat.")
-    _legend(fig, handles, ncols=min(len(handles), 5))
+    legend(fig, handles, ncols=min(len(handles), 5))
     spec.figure = fig
     return spec
 
@@ -372,7 +220,7 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
     models += sorted(set(loglik["model"]) - set(models))
     dtypes = [d for d in DTYPES if d in dtypes] or list(DTYPES)
     floors = {d: dtype_facts(d).log_min_subnormal for d in dtypes}
-    fig, axes = _facets(models, 2, panel=(5.0, 2.5), sharex=False, sharey=False)
+    fig, axes = facets(models, 2, panel=(5.0, 2.5), sharex=False, sharey=False)
     for m, ax in axes.items():
         sel = loglik[loglik["model"] == m]
         v = sel["loglik"]
@@ -391,7 +239,7 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
     fig.supylabel("number of prior draws", fontsize=9)
     handles = [Line2D([], [], color=DTYPE_COLORS[d], lw=1.6, ls=(0, (5, 2)),
                       label=f"{d} floor: {floors[d]:.1f}".replace("-", "−")) for d in dtypes]
-    _legend(fig, handles)
+    legend(fig, handles)
     spec.figure = fig
     return spec
 
@@ -399,7 +247,9 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
 # ----------------------------------------------------------------------------- 5 throughput
 
 
-def throughput(ok: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
+def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
+    """``agg``: :func:`bench.analysis.throughput` (median, min and max over models per device,
+    estimator and dtype); ``peaks``: meta.json's matmul_peak_gflops."""
     par = o.parametrization
     spec = FigureSpec("fig5_throughput", TITLES["fig5_throughput"],
                       f"Log-likelihood terms p(x_b|z_i) evaluated per second at each dtype's largest N, "
@@ -411,18 +261,13 @@ def throughput(ok: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
                       "axis reads the bars the same way, in GFLOP/s of that product. The decoder network "
                       "runs once per prior draw and is not counted, so the gap to the tick overstates "
                       "the wasted time; it is a ceiling, not a target.")
-    d = ok[(ok["parametrization"] == par)].dropna(subset=["terms_per_s"])
-    d = d[d["terms_per_s"] > 0]
-    if d.empty:
+    if agg.empty:
         spec.skipped = "no measured cell has a throughput."
         return spec
-    d = d[d["n_samples"] == d.groupby(["estimator", "dtype", "device"])["n_samples"].transform("max")]
-    agg = d.groupby(["device", "estimator", "dtype"], as_index=False)["terms_per_s"].agg(
-        ["median", "min", "max"])
     devices = [v for v in o.devices if (agg["device"] == v).any()]
     ests = [e for e in o.estimators if (agg["estimator"] == e).any()]
     dts = [t for t in o.dtypes if (agg["dtype"] == t).any()]
-    fig, axes = _facets(devices, 2, panel=(6.2, 3.2), sharex=False, sharey=True, extra_h=1.2)
+    fig, axes = facets(devices, 2, panel=(6.2, 3.2), sharex=False, sharey=True, extra_h=1.2)
     width = 0.8 / len(dts)
     for dev, ax in axes.items():
         sub = agg[agg["device"] == dev]
@@ -431,9 +276,9 @@ def throughput(ok: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
             x = np.arange(len(ests)) - 0.4 + (j + 0.5) * width
             peak = (peaks.get(dev) or {}).get(dt)
             for i, e in enumerate(ests):
-                if pd.isna(g.loc[e, "median"]):
+                if pd.isna(g.loc[e, "terms_per_s"]):
                     continue
-                med, lo, hi = g.loc[e, ["median", "min", "max"]]
+                med, lo, hi = g.loc[e, ["terms_per_s", "min", "max"]]
                 ax.errorbar([x[i]], [med], yerr=[[med - lo], [hi - med]], fmt=ESTIMATOR_MARKERS.get(e, "o"),
                             ms=7, color=DTYPE_COLORS.get(dt, "k"), mec="k", mew=0.5, ecolor="k",
                             elinewidth=0.8, capsize=2, zorder=3)
@@ -453,7 +298,7 @@ def throughput(ok: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
                       label=t) for t in dts]
     handles += [Line2D([], [], color="0.3", ls="none", marker="_", ms=14, mew=2.6,
                        label="matrix-product peak of the dtype")]
-    _legend(fig, handles)
+    legend(fig, handles)
     spec.figure = fig
     return spec
 
@@ -522,9 +367,11 @@ def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
 # ----------------------------------------------------------------------------- 7 K = 2
 
 
-def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> FigureSpec:
-    """Decoded digits and one digit's posterior; ``entries``: dicts with name, model, x, skip."""
+def k2_posterior(k2: K2Panels) -> FigureSpec:
+    """Decoded digits and one digit's posterior per K = 2 model, from the run's k2.npz arrays."""
+    span = float(next(iter(k2.arrays.values()))["span"]) if k2.arrays else float("nan")
     zero = f"{dtype_facts('float32').log_min_subnormal - math.log(2):.1f}".replace("-", "−")
+    n_prior = len(next(iter(k2.arrays.values()))["draws"]) if k2.arrays else 0
     spec = FigureSpec("fig7_k2", TITLES["fig7_k2"],
                       f"One row per K = 2 model. Left: test digit 0 of the run. Middle: the decoder's "
                       f"pixel means sigmoid(logits) on a 15 × 15 grid of z in [−{span:g}, {span:g}]². "
@@ -533,39 +380,25 @@ def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> Figure
                       "prior draws z_i (the same as in Figure 4): blue where exp(log p(x|z_i)) computed in "
                       f"float32 is non-zero, black × where it rounds to 0 (log p(x|z_i) below about {zero}). "
                       "A probability-space float32 estimate is −∞ unless some draw is blue.")
-    rows = [e for e in entries if e.get("model") is not None]
-    if not rows:
-        why = "; ".join(e["skip"] for e in entries if e.get("skip")) or "the run has no K = 2 model."
-        spec.skipped = why
+    if not k2.arrays:
+        spec.skipped = k2.reason or "the run has no K = 2 model."
         return spec
-    import torch
-
-    from lvm.zoo import decoded_grid
-
-    fig = Figure(figsize=(8.4, 3.2 * len(rows) + 0.6), layout="constrained")
-    gs = fig.add_gridspec(len(rows), 3, width_ratios=[0.55, 1, 1.12])
-    n = 121
-    ticks = torch.linspace(-span - 0.5, span + 0.5, n, dtype=torch.float64)
-    zz = torch.stack(torch.meshgrid(ticks, ticks.flip(0), indexing="xy"), -1).reshape(-1, 2)
-    for r, e in enumerate(rows):
-        model, x = e["model"], e["x"][:1]
+    fig = Figure(figsize=(8.4, 3.2 * len(k2.arrays) + 0.6), layout="constrained")
+    gs = fig.add_gridspec(len(k2.arrays), 3, width_ratios=[0.55, 1, 1.12])
+    for r, (name, a) in enumerate(k2.arrays.items()):
         ax0, ax1, ax2 = (fig.add_subplot(gs[r, i]) for i in range(3))
-        ax0.imshow(x.reshape(28, 28).numpy(), cmap="gray_r", vmin=0, vmax=1)
-        ax0.set(xticks=[], yticks=[], title=f"{e['name']}\ntest digit 0")
+        ax0.imshow(a["digit"].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+        ax0.set(xticks=[], yticks=[], title=f"{name}\ntest digit 0")
         ax0.grid(False)
+        span = float(a["span"])
         half = span / 14
-        ax1.imshow(decoded_grid(model, n=15, span=span).numpy(), cmap="gray_r", vmin=0, vmax=1,
+        ax1.imshow(a["decoded"], cmap="gray_r", vmin=0, vmax=1,
                    extent=(-span - half, span + half, -span - half, span + half))
         ax1.set(xlabel="$z_1$", ylabel="$z_2$", title="decoded means on a grid of z")
         ax1.grid(False)
-        with torch.no_grad():
-            lp = (model.log_likelihood(x, zz, torch.float64)[0] + model.log_prior(zz)).reshape(n, n)
-            z = model.sample_prior(n_prior, torch.Generator().manual_seed(e.get("seed", 0)))
-            hit = torch.exp(model.log_likelihood(x, z, torch.float32)[0]) > 0
-        rel = (lp - lp.max()).clamp(min=-40).numpy()
-        lim = float(ticks[-1])
-        im = ax2.imshow(rel, cmap=POSTERIOR_CMAP, vmin=-40, vmax=0, extent=(-lim, lim, -lim, lim))
-        zn, hn = z.numpy(), hit.numpy()
+        lim = float(a["extent"])
+        im = ax2.imshow(a["posterior"], cmap=POSTERIOR_CMAP, vmin=-40, vmax=0, extent=(-lim, lim, -lim, lim))
+        zn, hn = a["draws"], a["hit"]
         ax2.scatter(zn[~hn, 0], zn[~hn, 1], marker="x", s=10, lw=0.7, color="k")
         ax2.scatter(zn[hn, 0], zn[hn, 1], marker="o", s=24, color=DTYPE_COLORS["float32"], ec="white", lw=0.6)
         ax2.set(xlabel="$z_1$", ylabel="$z_2$", xlim=(-lim, lim), ylim=(-lim, lim),
@@ -574,12 +407,11 @@ def k2_posterior(entries: list[dict], n_prior: int, span: float = 3.0) -> Figure
         ax2.grid(False)
         cb = fig.colorbar(im, ax=ax2, shrink=0.85, pad=0.02)
         cb.set_label("log p(z|x) − max (nats)")
-    _legend(fig, [Line2D([], [], marker="o", ms=6, color=DTYPE_COLORS["float32"], mec="white", ls="none",
+    legend(fig, [Line2D([], [], marker="o", ms=6, color=DTYPE_COLORS["float32"], mec="white", ls="none",
                          label="prior draw with p(x|z) > 0 in float32"),
                   Line2D([], [], marker="x", ms=5, mew=0.8, color="k", ls="none",
                          label="prior draw with p(x|z) = 0 in float32")])
     spec.figure = fig
-    notes = [e["skip"] for e in entries if e.get("skip")]
-    if notes:
-        spec.caption += " Not shown: " + "; ".join(notes)
+    if k2.notes:
+        spec.caption += " Not shown: " + "; ".join(k2.notes)
     return spec

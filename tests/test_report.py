@@ -15,27 +15,21 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from tiny import tiny_toml
 
-from bench.cli import main
-from bench.report import (
-    FIGURE_STEMS,
-    RunData,
+from bench.analysis import (
     finding_log_underflow,
     finding_loglik,
     finding_nonfinite,
     finding_prob_underflow,
     finding_rounding,
     findings,
-    fmt_num,
-    fmt_pct,
-    load,
-    write_report,
 )
-from bench.store import RunError
+from bench.cli import main
+from bench.figures import FIGURE_STEMS
+from bench.render import fmt_num, fmt_pct
+from bench.report import write_report
+from bench.store import Run, RunError, load_run
 from lvm.numerics import dtype_facts
-
-TINY = tiny_toml(run={"name": "tiny-report"})
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -46,14 +40,9 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("report-run")
-    cfg = d / "tiny.toml"
-    cfg.write_text(TINY)
-    cache = d / "cache"
-    assert main(["run", "--config", str(cfg), "--out", str(d / "run"), "--cache-dir", str(cache),
-                 "--no-progress"]) == 0
-    return d / "run"
+def run_dir(tiny_run, tmp_path_factory) -> Path:
+    """This module's copy of the session's tiny sweep (the report is written into it)."""
+    return _copy(tiny_run, tmp_path_factory.mktemp("report-run") / "run")
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +103,7 @@ def _pooled(g: pd.DataFrame) -> float:
 
 def test_findings_match_cells_csv(report):
     """Recompute each finding's numbers from cells.csv / loglik.csv.gz and find them in the sentence."""
-    d = load(report)
+    d = load_run(report)
     cells = pd.read_csv(report / "cells.csv")
     ok = cells[cells["status"] == "ok"]
     texts = [f.sentence for f in findings(d)]
@@ -194,11 +183,10 @@ def test_partial_run_reports_what_is_missing(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path / "partial")
     (run / "raw.parquet").unlink()
     (run / "loglik.csv.gz").unlink()
+    (run / "k2.npz").unlink()
     cells = pd.read_csv(run / "cells.csv")
     cells[cells["n_samples"] != 100].to_csv(run / "cells.csv", index=False)
-    meta = json.loads((run / "meta.json").read_text())
-    _meta(run, status="interrupted", format_version=None,
-          models={**meta["models"], "untrained-k2/logits": "0" * 64})
+    _meta(run, status="interrupted", format_version=None)
     write_report(run)
     md = (run / "report.md").read_text()
     assert "**Note:** This run is incomplete" in md
@@ -208,7 +196,7 @@ def test_partial_run_reports_what_is_missing(run_dir, tmp_path):
     n_lost = int((cells["n_samples"] == 100).sum())
     assert f"{n_lost} of the {len(cells)} cells of the grid are not in cells.csv" in md
     assert "meta.json has no format_version (an older results format)" in md
-    assert "is not the one the run measured (000000000000)" in md  # Figure 7 is skipped, with why
+    assert "Not drawn: the run has no k2.npz (Figure 7's arrays)" in md
     figs = {p.stem for p in (run / "figures").glob("*.png")}
     assert figs == set(FIGURE_STEMS) - {"fig4_loglik", "fig7_k2"}
     assert "Probability space (prob_space)" in md  # the rest is still reported
@@ -240,9 +228,26 @@ def test_run_with_only_skipped_cells(run_dir, tmp_path):
     assert not list((run / "figures").glob("*.png"))
 
 
+def test_figure7_from_damaged_or_incomplete_k2_npz(run_dir, tmp_path):
+    """Figure 7 draws k2.npz's arrays; a model without all of them is named, a damaged file reported."""
+    run = _copy(run_dir, tmp_path / "k2")
+    with np.load(run / "k2.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    assert {k.rpartition("/")[0] for k in arrays} == {"untrained-k2"}
+    np.savez(run / "k2.npz", **{k: v for k, v in arrays.items() if k != "untrained-k2/hit"})
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "Not drawn: untrained-k2: k2.npz lacks its hit" in md
+    (run / "k2.npz").write_bytes(b"not a zip")
+    write_report(run)
+    md = (run / "report.md").read_text()
+    assert "Not drawn: k2.npz cannot be read" in md and "k2.npz cannot be read (ValueError)" in md
+    assert not (run / "figures" / "fig7_k2.png").exists()
+
+
 def test_load_keeps_all_rows(report):
-    d = load(report)
-    assert isinstance(d, RunData) and len(d.cells) == len(pd.read_csv(report / "cells.csv"))
+    d = load_run(report)
+    assert isinstance(d, Run) and len(d.cells) == len(pd.read_csv(report / "cells.csv"))
 
 
 def _chromium() -> str | None:
