@@ -17,25 +17,8 @@ from matplotlib.lines import Line2D
 
 from lvm.numerics import DTYPES, dtype_facts
 
+from . import plotkit as K
 from .analysis import K2Panels, Order
-from .plotkit import (  # noqa: I001
-    DTYPE_COLORS,
-    ESTIMATOR_MARKERS,
-    FLOOR_DECADES,
-    N_LABEL,
-    PARAM_DASHES,
-    POSTERIOR_CMAP,
-    REF_HANDLE,
-    FigureSpec,
-    dtype_handles,
-    facets,
-    legend,
-    lines_by_dtype_and_estimator,
-    marker_handles,
-    positive,
-    ref_slope,
-    ylabel,
-)
 from .render import SUPERSCRIPT, fmt_pct
 from .timing import DATA_FLOP_PER_TERM
 
@@ -54,8 +37,8 @@ FIGURE_STEMS = tuple(TITLES)
 # ----------------------------------------------------------------------------- 1 underflow
 
 
-def underflow_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
-    spec = FigureSpec("fig1_underflow", TITLES["fig1_underflow"],
+def underflow_vs_n(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
+    spec = K.FigureSpec("fig1_underflow", TITLES["fig1_underflow"],
                       "Share of the estimates of log p(x) (test digits × repeats) that came out −∞, i.e. "
                       "every term p(x|z_i) rounded to 0, against N. Colour: dtype; line style: likelihood "
                       "parametrization; vertical bars: Wilson 95% intervals. Points of different dtypes "
@@ -69,34 +52,34 @@ def underflow_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
     multi_dev = d["device"].nunique() > 1
     d["variant"] = d["parametrization"] + (" · " + d["device"] if multi_dev else "")
     variants = sorted(d["variant"].unique(), key=lambda v: (v.split(" · ")[0] != "logits", v))
-    dashes = {v: PARAM_DASHES.get(v.split(" · ")[0], (2, 1)) for v in variants}
+    dashes = {v: K.PARAM_DASHES.get(v.split(" · ")[0], (2, 1)) for v in variants}
     if multi_dev:
         dashes = {v: "" if i == 0 else [(4, 2), (1, 1.5), (6, 2, 1, 2)][(i - 1) % 3]
                   for i, v in enumerate(variants)}
     spread = {dt: 10 ** (0.06 * (i - (len(o.dtypes) - 1) / 2)) for i, dt in enumerate(o.dtypes)}
     d["x"] = d["n_samples"] * d["dtype"].map(spread)
     n_est = sum(1 for e in o.estimators if e in {k[1] for k in keys})
-    fig, axes = facets(keys, n_est, panel=(2.75, 2.0))
+    fig, axes = K.facets(keys, n_est, panel=(2.75, 2.0))
     for (m, e), ax in axes.items():
         sub = d[(d["model"] == m) & (d["estimator"] == e)].sort_values(["dtype", "variant", "x"])
         hue = [dt for dt in o.dtypes if dt in set(sub["dtype"])]
-        sns.lineplot(data=sub, x="x", y="underflow_rate", hue="dtype", hue_order=hue, palette=DTYPE_COLORS,
+        sns.lineplot(data=sub, x="x", y="underflow_rate", hue="dtype", hue_order=hue, palette=K.DTYPE_COLORS,
                      style="variant", style_order=variants, dashes=dashes, markers=False, estimator=None,
                      errorbar=None, legend=False, ax=ax, lw=1.3)
         for dt, g in sub.groupby("dtype", sort=True):
             ax.errorbar(g["x"], g["underflow_rate"],
                         yerr=[g["underflow_rate"] - g["underflow_ci_low"],
                               g["underflow_ci_high"] - g["underflow_rate"]],
-                        fmt=ESTIMATOR_MARKERS.get(e, "o"), ms=4.5, color=DTYPE_COLORS.get(dt, "k"),
+                        fmt=K.ESTIMATOR_MARKERS.get(e, "o"), ms=4.5, color=K.DTYPE_COLORS.get(dt, "k"),
                         elinewidth=0.9, capsize=1.8, lw=0)
         ax.set(xscale="log", ylim=(-0.06, 1.06), xlabel="", ylabel="", title=f"{e} · {m}")
         ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0, decimals=0))
-    fig.supxlabel(N_LABEL, fontsize=9)
-    ylabel(fig, axes, n_est, "underflow rate\n(% of estimates = −∞)")
-    handles = dtype_handles(o.dtypes) + [
+    fig.supxlabel(K.N_LABEL, fontsize=9)
+    K.ylabel(fig, axes, n_est, "underflow rate\n(% of estimates = −∞)")
+    handles = K.dtype_handles(o.dtypes) + [
         Line2D([], [], color="0.3", ls="-" if dashes[v] == "" else (0, dashes[v]), lw=1.3, label=v)
         for v in variants]
-    legend(fig, handles, ncols=len(handles))
+    K.legend(fig, handles, ncols=len(handles))
     spec.figure = fig
     return spec
 
@@ -109,9 +92,9 @@ BIAS_COLUMNS = [("abs_bias", "|bias|: |mean(estimate − truth)|"),
                 ("abs_mc_bias", "|Monte Carlo bias|:\n|mean(float64 replay − truth)|")]
 
 
-def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
+def bias_vs_n(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
     par, dev = o.parametrization, o.device
-    spec = FigureSpec("fig2_bias", TITLES["fig2_bias"],
+    spec = K.FigureSpec("fig2_bias", TITLES["fig2_bias"],
                       f"Log-log, {par} parametrization on {dev}. Left: total error of the estimate against "
                       "the ground truth; middle: the part due to rounding alone, the distance from the "
                       "float64 log-space estimate on the very same prior draws (the float64 replay); "
@@ -124,34 +107,35 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
     d = ok[(ok["parametrization"] == par) & (ok["device"] == dev)].copy()
     d["abs_bias"] = d["bias"].abs()
     d["abs_mc_bias"] = d["mc_bias"].abs()
-    models = [m for m in o.models if any(not positive(d[d["model"] == m], c).empty for c, _ in BIAS_COLUMNS)]
+    models = [m for m in o.models
+              if any(not K.positive(d[d["model"] == m], c).empty for c, _ in BIAS_COLUMNS)]
     if not models:
         spec.skipped = f"no {par} cell on {dev} has a finite, non-zero bias or rounding error."
         return spec
     keys = [(m, c) for m in models for c, _ in BIAS_COLUMNS]
-    fig, axes = facets(keys, 3, panel=(3.4, 2.15), sharey=False)
+    fig, axes = K.facets(keys, 3, panel=(3.4, 2.15), sharey=False)
     for (m, c), ax in axes.items():
-        sub = positive(d[d["model"] == m], c)
+        sub = K.positive(d[d["model"] == m], c)
         if c == "abs_mc_bias":
             line = sub.groupby("n_samples", as_index=False)[c].first()
             sns.lineplot(data=line, x="n_samples", y=c, color="k", marker="o", ms=4, ax=ax, lw=1.3)
         elif not sub.empty:
-            lines_by_dtype_and_estimator(ax, sub, c, o)
+            K.lines_by_dtype_and_estimator(ax, sub, c, o)
         else:
             ax.text(0.5, 0.5, "no finite, non-zero values", ha="center", va="center",
                     transform=ax.transAxes, color="0.4")
         if c != "rounding_error_mean":  # rounding error is set by the dtype, not by N
-            ref_slope(ax, sub, c)
+            K.ref_slope(ax, sub, c)
         ax.set(xscale="log", yscale="log", xlabel="", ylabel="")
         col = [cc for cc, _ in BIAS_COLUMNS].index(c)
         if m == models[0]:
             ax.set_title(BIAS_COLUMNS[col][1])
         if col == 0:
             ax.set_ylabel(f"{m}\nnats")
-    fig.supxlabel(N_LABEL, fontsize=9)
-    handles = (dtype_handles(o.dtypes) + marker_handles(o.estimators)
-               + [Line2D([], [], color="k", marker="o", ms=4, label="float64 replay"), REF_HANDLE])
-    legend(fig, handles, ncols=min(len(handles), 6))
+    fig.supxlabel(K.N_LABEL, fontsize=9)
+    handles = (K.dtype_handles(o.dtypes) + K.marker_handles(o.estimators)
+               + [Line2D([], [], color="k", marker="o", ms=4, label="float64 replay"), K.REF_HANDLE])
+    K.legend(fig, handles, ncols=min(len(handles), 6))
     spec.figure = fig
     return spec
 
@@ -159,44 +143,45 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
 # ----------------------------------------------------------------------------- 3 variance
 
 
-def variance_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
+def variance_vs_n(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
     par, dev = o.parametrization, o.device
-    spec = FigureSpec("fig3_variance", TITLES["fig3_variance"],
+    spec = K.FigureSpec("fig3_variance", TITLES["fig3_variance"],
                       f"Variance of the estimate of log p(x) across repeats (nats², mean over test digits), "
                       f"log-log, {par} parametrization on {dev}. Colour: dtype; marker: estimator; dotted "
                       "grey: a 1/N slope for reference. Cells where fewer than two repeats of a digit were "
                       "finite have no variance and are left out.")
-    d = positive(ok[(ok["parametrization"] == par) & (ok["device"] == dev)], "variance")
+    d = K.positive(ok[(ok["parametrization"] == par) & (ok["device"] == dev)], "variance")
     models = [m for m in o.models if (d["model"] == m).any()]
     if not models:
         spec.skipped = f"no {par} cell on {dev} has a finite variance."
         return spec
     ncol = 4 if len(models) != 5 else 3
-    fig, axes = facets(models, ncol, panel=(3.0, 2.4), sharey=False)
+    fig, axes = K.facets(models, ncol, panel=(3.0, 2.4), sharey=False)
     floored = False
     for m, ax in axes.items():
         sub = d[d["model"] == m].copy()
-        floor = sub["variance"].max() * 10.0 ** -FLOOR_DECADES
+        floor = sub["variance"].max() * 10.0 ** -K.FLOOR_DECADES
         low = sub["variance"] < floor
         sub["variance"] = sub["variance"].clip(lower=floor)
-        lines_by_dtype_and_estimator(ax, sub, "variance", o)
+        K.lines_by_dtype_and_estimator(ax, sub, "variance", o)
         for _, r in sub[low].iterrows():
-            ax.plot(r["n_samples"], floor, marker="v", ms=8, color=DTYPE_COLORS.get(r["dtype"], "k"),
+            ax.plot(r["n_samples"], floor, marker="v", ms=8, color=K.DTYPE_COLORS.get(r["dtype"], "k"),
                     mec="k", mew=0.6, ls="none", zorder=4, clip_on=False)
             floored = True
-        ref_slope(ax, sub[~low], "variance")
+        K.ref_slope(ax, sub[~low], "variance")
         ax.set(xscale="log", yscale="log", xlabel="", ylabel="", title=m)
-    fig.supxlabel(N_LABEL, fontsize=9)
-    ylabel(fig, axes, ncol, "variance of the estimate\n(nats², log scale)")
-    handles = dtype_handles(o.dtypes) + marker_handles(o.estimators) + [REF_HANDLE]
+    fig.supxlabel(K.N_LABEL, fontsize=9)
+    K.ylabel(fig, axes, ncol, "variance of the estimate\n(nats², log scale)")
+    handles = K.dtype_handles(o.dtypes) + K.marker_handles(o.estimators) + [K.REF_HANDLE]
     if floored:
         handles.append(Line2D([], [], color="0.6", marker="v", ms=8, mec="k", mew=0.6, ls="none",
-                              label=f"below 10{str(-FLOOR_DECADES).translate(SUPERSCRIPT)} × the panel's "
+                              label=f"below 10{str(-K.FLOOR_DECADES).translate(SUPERSCRIPT)} × the panel's "
                                     "largest (drawn there)"))
-        spec.caption += (f" ▼: variances more than {FLOOR_DECADES} decades below the panel's largest, drawn "
+        spec.caption += (f" ▼: variances more than {K.FLOOR_DECADES} decades below the panel's largest, "
+                         "drawn "
                          "at that floor so the scale stays readable; these are estimates that rounded to "
                          "(nearly) the same number in every repeat.")
-    legend(fig, handles, ncols=min(len(handles), 5))
+    K.legend(fig, handles, ncols=min(len(handles), 5))
     spec.figure = fig
     return spec
 
@@ -204,8 +189,8 @@ def variance_vs_n(ok: pd.DataFrame, o: Order) -> FigureSpec:
 # ----------------------------------------------------------------------------- 4 log-likelihoods
 
 
-def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]) -> FigureSpec:
-    spec = FigureSpec("fig4_loglik", TITLES["fig4_loglik"],
+def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]) -> K.FigureSpec:
+    spec = K.FigureSpec("fig4_loglik", TITLES["fig4_loglik"],
                       "Distribution of log p(x|z_i) in nats, computed in float64, over prior draws z_i for "
                       "each of the run's test digits (all digits pooled; 80 bins over each panel's range). "
                       "Vertical lines: the log of each dtype's smallest positive (subnormal) number; a "
@@ -220,7 +205,7 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
     models += sorted(set(loglik["model"]) - set(models))
     dtypes = [d for d in DTYPES if d in dtypes] or list(DTYPES)
     floors = {d: dtype_facts(d).log_min_subnormal for d in dtypes}
-    fig, axes = facets(models, 2, panel=(5.0, 2.5), sharex=False, sharey=False)
+    fig, axes = K.facets(models, 2, panel=(5.0, 2.5), sharex=False, sharey=False)
     for m, ax in axes.items():
         sel = loglik[loglik["model"] == m]
         v = sel["loglik"]
@@ -229,7 +214,7 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
         sns.histplot(x=v, bins=80, binrange=(lo - pad, hi + pad), color="0.35", element="bars",
                      stat="count", ax=ax, edgecolor="none")
         for d in dtypes:
-            ax.axvline(floors[d], color=DTYPE_COLORS[d], lw=1.6, ls=(0, (5, 2)))
+            ax.axvline(floors[d], color=K.DTYPE_COLORS[d], lw=1.6, ls=(0, (5, 2)))
         share = ", ".join(f"{d} {fmt_pct(float(np.mean(v < floors[d])))}" for d in dtypes)
         digits = sel["datapoint"].nunique()
         ax.set(xlim=(lo - pad, hi + pad), xlabel="", ylabel="",
@@ -237,9 +222,9 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
                      f"below the floor: {share}")
     fig.supxlabel("log p(x|z), nats (float64)", fontsize=9)
     fig.supylabel("number of prior draws", fontsize=9)
-    handles = [Line2D([], [], color=DTYPE_COLORS[d], lw=1.6, ls=(0, (5, 2)),
+    handles = [Line2D([], [], color=K.DTYPE_COLORS[d], lw=1.6, ls=(0, (5, 2)),
                       label=f"{d} floor: {floors[d]:.1f}".replace("-", "−")) for d in dtypes]
-    legend(fig, handles)
+    K.legend(fig, handles)
     spec.figure = fig
     return spec
 
@@ -247,11 +232,11 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
 # ----------------------------------------------------------------------------- 5 throughput
 
 
-def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
+def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> K.FigureSpec:
     """``agg``: :func:`bench.analysis.throughput` (median, min and max over models per device,
     estimator and dtype); ``peaks``: meta.json's matmul_peak_gflops."""
     par = o.parametrization
-    spec = FigureSpec("fig5_throughput", TITLES["fig5_throughput"],
+    spec = K.FigureSpec("fig5_throughput", TITLES["fig5_throughput"],
                       f"Log-likelihood terms p(x_b|z_i) evaluated per second at each dtype's largest N, "
                       f"{par} parametrization; point: median over models (marker: estimator), whisker: "
                       "their range. "
@@ -267,7 +252,7 @@ def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
     devices = [v for v in o.devices if (agg["device"] == v).any()]
     ests = [e for e in o.estimators if (agg["estimator"] == e).any()]
     dts = [t for t in o.dtypes if (agg["dtype"] == t).any()]
-    fig, axes = facets(devices, 2, panel=(6.2, 3.2), sharex=False, sharey=True, extra_h=1.2)
+    fig, axes = K.facets(devices, 2, panel=(6.2, 3.2), sharex=False, sharey=True, extra_h=1.2)
     width = 0.8 / len(dts)
     for dev, ax in axes.items():
         sub = agg[agg["device"] == dev]
@@ -279,12 +264,12 @@ def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
                 if pd.isna(g.loc[e, "terms_per_s"]):
                     continue
                 med, lo, hi = g.loc[e, ["terms_per_s", "min", "max"]]
-                ax.errorbar([x[i]], [med], yerr=[[med - lo], [hi - med]], fmt=ESTIMATOR_MARKERS.get(e, "o"),
-                            ms=7, color=DTYPE_COLORS.get(dt, "k"), mec="k", mew=0.5, ecolor="k",
+                ax.errorbar([x[i]], [med], yerr=[[med - lo], [hi - med]], fmt=K.ESTIMATOR_MARKERS.get(e, "o"),
+                            ms=7, color=K.DTYPE_COLORS.get(dt, "k"), mec="k", mew=0.5, ecolor="k",
                             elinewidth=0.8, capsize=2, zorder=3)
                 if peak:
                     ax.plot([x[i]], [peak * 1e9 / DATA_FLOP_PER_TERM], ls="none", marker="_", ms=width * 55,
-                            mew=2.6, color=DTYPE_COLORS.get(dt, "k"), zorder=3)
+                            mew=2.6, color=K.DTYPE_COLORS.get(dt, "k"), zorder=3)
         for i in range(1, len(ests)):
             ax.axvline(i - 0.5, color="0.85", lw=0.8, zorder=0)
         ax.set_xticks(np.arange(len(ests)), ests)
@@ -294,11 +279,11 @@ def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
                                                      lambda g: g * 1e9 / DATA_FLOP_PER_TERM))
         sec.set_ylabel("GFLOP/s in the data product")
     fig.supylabel("terms per second (log scale)", fontsize=9)
-    handles = [Line2D([], [], color=DTYPE_COLORS.get(t, "k"), marker="o", mec="k", mew=0.5, ms=7, ls="none",
+    handles = [Line2D([], [], color=K.DTYPE_COLORS.get(t, "k"), marker="o", mec="k", mew=0.5, ms=7, ls="none",
                       label=t) for t in dts]
     handles += [Line2D([], [], color="0.3", ls="none", marker="_", ms=14, mew=2.6,
                        label="matrix-product peak of the dtype")]
-    legend(fig, handles)
+    K.legend(fig, handles)
     spec.figure = fig
     return spec
 
@@ -306,8 +291,8 @@ def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> FigureSpec:
 # ----------------------------------------------------------------------------- 6 heatmap
 
 
-def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
-    spec = FigureSpec("fig6_heatmap", TITLES["fig6_heatmap"],
+def underflow_heatmap(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
+    spec = K.FigureSpec("fig6_heatmap", TITLES["fig6_heatmap"],
                       "Share of estimates equal to −∞ for each N (columns) and model (rows, sorted by "
                       "latent dimension K), per estimator (rows of panels) and dtype (columns of panels, "
                       "title in the dtype's colour); mean over parametrizations and devices. Hatched: "
@@ -345,7 +330,7 @@ def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
                 if np.isnan(v):
                     ax.add_patch(mpl.patches.Rectangle((j, i), 1, 1, fill=False, hatch="///", ec="0.75",
                                                        lw=0))
-            ax.set_title(f"{e} · {t}", color=DTYPE_COLORS.get(t, "k"), fontweight="bold")
+            ax.set_title(f"{e} · {t}", color=K.DTYPE_COLORS.get(t, "k"), fontweight="bold")
             ax.set_xlabel("")
             ax.set_ylabel("")
             ax.tick_params(axis="x", rotation=0)
@@ -367,12 +352,12 @@ def underflow_heatmap(ok: pd.DataFrame, o: Order) -> FigureSpec:
 # ----------------------------------------------------------------------------- 7 K = 2
 
 
-def k2_posterior(k2: K2Panels) -> FigureSpec:
+def k2_posterior(k2: K2Panels) -> K.FigureSpec:
     """Decoded digits and one digit's posterior per K = 2 model, from the run's k2.npz arrays."""
     span = float(next(iter(k2.arrays.values()))["span"]) if k2.arrays else float("nan")
     zero = f"{dtype_facts('float32').log_min_subnormal - math.log(2):.1f}".replace("-", "−")
     n_prior = len(next(iter(k2.arrays.values()))["draws"]) if k2.arrays else 0
-    spec = FigureSpec("fig7_k2", TITLES["fig7_k2"],
+    spec = K.FigureSpec("fig7_k2", TITLES["fig7_k2"],
                       f"One row per K = 2 model. Left: test digit 0 of the run. Middle: the decoder's "
                       f"pixel means sigmoid(logits) on a 15 × 15 grid of z in [−{span:g}, {span:g}]². "
                       f"Right: that digit's posterior log p(z|x) = log p(x|z) + log p(z) + const on a "
@@ -397,17 +382,19 @@ def k2_posterior(k2: K2Panels) -> FigureSpec:
         ax1.set(xlabel="$z_1$", ylabel="$z_2$", title="decoded means on a grid of z")
         ax1.grid(False)
         lim = float(a["extent"])
-        im = ax2.imshow(a["posterior"], cmap=POSTERIOR_CMAP, vmin=-40, vmax=0, extent=(-lim, lim, -lim, lim))
+        im = ax2.imshow(a["posterior"], cmap=K.POSTERIOR_CMAP, vmin=-40, vmax=0,
+                        extent=(-lim, lim, -lim, lim))
         zn, hn = a["draws"], a["hit"]
         ax2.scatter(zn[~hn, 0], zn[~hn, 1], marker="x", s=10, lw=0.7, color="k")
-        ax2.scatter(zn[hn, 0], zn[hn, 1], marker="o", s=24, color=DTYPE_COLORS["float32"], ec="white", lw=0.6)
+        ax2.scatter(zn[hn, 0], zn[hn, 1], marker="o", s=24, color=K.DTYPE_COLORS["float32"], ec="white",
+                    lw=0.6)
         ax2.set(xlabel="$z_1$", ylabel="$z_2$", xlim=(-lim, lim), ylim=(-lim, lim),
                 title=f"posterior of digit 0; {int(hn.sum())} of {len(hn)} prior draws\n"
                       "have p(x|z) > 0 in float32")
         ax2.grid(False)
         cb = fig.colorbar(im, ax=ax2, shrink=0.85, pad=0.02)
         cb.set_label("log p(z|x) − max (nats)")
-    legend(fig, [Line2D([], [], marker="o", ms=6, color=DTYPE_COLORS["float32"], mec="white", ls="none",
+    K.legend(fig, [Line2D([], [], marker="o", ms=6, color=K.DTYPE_COLORS["float32"], mec="white", ls="none",
                          label="prior draw with p(x|z) > 0 in float32"),
                   Line2D([], [], marker="x", ms=5, mew=0.8, color="k", ls="none",
                          label="prior draw with p(x|z) = 0 in float32")])

@@ -16,16 +16,12 @@ import json
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from .config import Cell
-
-if TYPE_CHECKING:  # only for annotations: render imports neither the rules nor the figures
-    from .compare import Comparison
-    from .figures import FigureSpec
 
 SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters
@@ -142,7 +138,7 @@ def page(blocks: list[tuple], fig_dir: Path, dpi: int) -> tuple[str, str]:
             md.append(table(a[0], "markdown", numeric=numeric))
             ht.append(table(a[0], "html", numeric=numeric))
         elif kind == "figure":
-            spec: FigureSpec = a[0]
+            spec = a[0]  # a bench.plotkit.FigureSpec
             if spec.figure is None:
                 text = f"Not drawn: {spec.skipped}"
                 md.append(f"*{text}*")
@@ -176,7 +172,7 @@ def _others(cells: list[dict]) -> pd.DataFrame:
     return pd.DataFrame([[Cell.of(c).label, c["other"]] for c in cells], columns=["cell", "other run"])
 
 
-def _wide(comp: Comparison) -> pd.DataFrame:
+def _wide(comp: Any) -> pd.DataFrame:
     """One row per cell, one column per judged metric: 'baseline -> new' with a verdict mark."""
     mark = {"regression": "! ", "improvement": "+ ", "not judged": "? ", "ok": ""}
     long = pd.DataFrame([{"cell": c.label, "metric": c.metric,
@@ -196,7 +192,7 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def comparison(comp: Comparison, fmt: str) -> str:
+def comparison(comp: Any, fmt: str) -> str:
     """compare's report as ``"table"`` (terminal), ``"markdown"`` (a PR comment) or ``"json"``."""
     if fmt == "json":
         return _comparison_json(comp)
@@ -249,7 +245,7 @@ def _records(frame: pd.DataFrame) -> list[dict]:
     return json.loads(frame.to_json(orient="records")) if len(frame) else []
 
 
-def _comparison_json(comp: Comparison) -> str:
+def _comparison_json(comp: Any) -> str:
     def rows(changes: list) -> list[dict]:
         return _records(pd.DataFrame([{**c.cell, "label": c.label, "metric": c.metric, "baseline": c.baseline,
                                        "new": c.new, "change": c.change, "verdict": c.verdict,
