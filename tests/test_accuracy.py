@@ -36,6 +36,7 @@ import lvm
 from lvm import estimators, zoo
 from lvm.data import load
 from lvm.numerics import dtype_facts
+from lvm.runtime import set_torch_threads
 
 B = 8  # real test digits for the ground-truth comparison (quadrature: ~15 s for all 8)
 N = 1_000
@@ -54,10 +55,9 @@ class Check:
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """Pinned values below were made with one thread, whatever LVM_TEST_THREADS says."""
+    with set_torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

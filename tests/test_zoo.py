@@ -10,6 +10,7 @@ import torch
 import lvm
 from lvm import checkpoint, train, zoo
 from lvm.model import build
+from lvm.runtime import set_torch_threads
 
 TINY = dict(hidden=16, layers=1, steps=5, batch_size=32, n_samples=8, lr=1e-2)
 
@@ -18,10 +19,8 @@ TINY = dict(hidden=16, layers=1, steps=5, batch_size=32, n_samples=8, lr=1e-2)
 def _isolated(tmp_path, monkeypatch):
     """Never write into the home cache; one torch thread."""
     monkeypatch.setenv("LVM_CACHE_DIR", str(tmp_path / "cache"))
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with set_torch_threads(1):
+        yield
 
 
 @pytest.fixture
