@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from lvm import zoo
-from lvm._io import atomic_write as _atomic_write_bytes
+from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a binary file
 from lvm.errors import InputError
 
 from .config import PARAM_NAMES
@@ -40,15 +40,6 @@ RUN_DIRS = ("parts", "figures", "tables")
 
 class RunError(InputError):
     """A results directory that cannot be used as asked."""
-
-
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(f)`` with a binary file object, then rename over ``path``: never half a file.
-
-    Writers that want a path or text (pandas, json) get a file object: pandas and numpy write
-    to it directly, text goes through ``write_text``.
-    """
-    _atomic_write_bytes(Path(path), write)
 
 
 def write_text(path: Path, text: str) -> None:
