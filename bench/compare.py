@@ -19,8 +19,11 @@ declared once in the metric registry (:data:`bench.metrics.METRICS`); the rules 
 ``factor`` (terms_per_s)
     regression when ``baseline / new > throughput_factor``, improvement when
     ``new / baseline > throughput_factor``; judged only when both runs' meta.json report the
-    same hardware (:func:`bench.environment.hardware_key`) and executor, and only for cells
-    whose median timed run takes at least ``min_time`` (shorter ones are scheduler noise).
+    same hardware identity (CPU model, cores, threads, torch's CPU capability, the
+    low-precision ISA flags, GPUs, and matmul ceilings within a tolerance:
+    :func:`bench.environment.identity_mismatches`, whose reasons the notes list when they
+    differ) and executor, and only for cells whose median timed run takes at least
+    ``min_time`` (shorter ones are scheduler noise).
 
 A cell measured in the baseline that *failed* in the new run is a regression (metric
 ``status``); cells measured in one run only are listed, never dropped. Exit code: 0 nothing
@@ -43,7 +46,7 @@ from lvm.numerics import dtype_facts
 
 from . import render
 from .config import Cell
-from .environment import hardware_key
+from .environment import identity_mismatches
 from .metrics import JUDGED, METRICS, Metric, RawStats, raw_stats
 from .store import Run, load_run
 
@@ -99,6 +102,7 @@ class Comparison:
     notes: list[str] = field(default_factory=list)
     hardware: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[str, ...] = tuple(m.name for m in JUDGED)
+    hardware_mismatches: list[str] = field(default_factory=list)  # why hardware_match is False
 
     @property
     def regressions(self) -> list[Change]:
@@ -129,7 +133,7 @@ class Comparison:
             f", {g.get('name')}" for g in hw.get("gpus", []))
         timing = ("same hardware: throughput judged" if self.timings_judged else
                   "throughput reported, not judged: " + ("different executors" if self.hardware_match
-                                                         else "different hardware"))
+                                                         else "different hardware (see notes)"))
         return [("baseline", self.baseline), ("new", self.new),
                 ("rules", f"k = {self.k:g} SE (bias, rounding error), baseline 95% Wilson interval "
                           f"(underflow), 0 -> >0 (non-finite), x{self.throughput_factor:g} (throughput)"),
@@ -271,12 +275,12 @@ def _other(r: dict | None, which: str) -> str:
     return f"{r.get('status')} in the {which} run{reason}"
 
 
-def _notes(base: Run, new: Run, hardware_match: bool, same_executor: bool,
+def _notes(base: Run, new: Run, mismatches: list[str], same_executor: bool,
            config_diff: list[str]) -> list[str]:
     notes = []
-    if not hardware_match:
-        notes.append("the runs were made on different hardware (or one does not say): "
-                     "throughput is reported, not judged")
+    if mismatches:
+        notes.append("throughput is reported, not judged: the runs' hardware identity differs (or a "
+                     "run does not record it): " + "; ".join(mismatches))
     elif not same_executor:
         notes.append(f"executors differ ({base.meta.executor} vs {new.meta.executor}): "
                      "throughput is reported, not judged")
@@ -314,10 +318,11 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
                            f"({sum(map(ok, base_rows.values()))} measured) and {new_dir} "
                            f"({sum(map(ok, new_rows.values()))} measured); {why}")
     hw_b, hw_n = base.meta.hardware, new.meta.hardware
-    hardware_match = bool(hw_b and hw_n) and hardware_key(hw_b) == hardware_key(hw_n)
+    mismatches = identity_mismatches(base.meta, new.meta)
+    hardware_match = not mismatches
     same_executor = base.meta.executor == new.meta.executor
     timings_judged = hardware_match and same_executor
-    notes = _notes(base, new, hardware_match, same_executor, config_diff)
+    notes = _notes(base, new, mismatches, same_executor, config_diff)
     stats_b, stats_n = raw_stats(base.raw), raw_stats(new.raw)
     if stats_b is None or stats_n is None:
         notes.append("a run has no raw rows: rounding_error_mean is reported, not judged")
@@ -342,7 +347,7 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
                        if not ok(base_rows[c]) and not ok(new_rows[c]))
     return Comparison(str(baseline_dir), str(new_dir), float(k), float(throughput_factor), hardware_match,
                       timings_judged, rows, only_b, only_n, not_measured, notes,
-                      {"baseline": hw_b, "new": hw_n})
+                      {"baseline": hw_b, "new": hw_n}, hardware_mismatches=mismatches)
 
 
 def main(args) -> int:

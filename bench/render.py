@@ -253,7 +253,8 @@ def _comparison_json(comp: Any) -> str:
 
     doc = {"baseline": comp.baseline, "new": comp.new, "k": comp.k,
            "throughput_factor": comp.throughput_factor, "hardware_match": comp.hardware_match,
-           "timings_judged": comp.timings_judged, "exit_code": comp.exit_code,
+           "hardware_mismatches": comp.hardware_mismatches, "timings_judged": comp.timings_judged,
+           "exit_code": comp.exit_code,
            "summary": comp.summary(), "n_cells": comp.n_cells,
            "regressions": rows(comp.regressions), "improvements": rows(comp.improvements),
            "only_in_baseline": _records(pd.DataFrame(comp.only_in_baseline)),

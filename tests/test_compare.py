@@ -214,6 +214,40 @@ def test_throughput_judged_only_on_the_same_hardware(runs, tmp_path, capsys):
     assert comp.exit_code == 0 and [r.metric for r in comp.improvements] == ["terms_per_s"] * n
 
 
+@pytest.mark.parametrize("edit, reason", [
+    # same model string and cores, another kind of machine: the capability, a flag, a ceiling
+    (lambda m: m["environment"]["hardware"].update(cpu_capability="SOMETHING_ELSE"),
+     "cpu_capability: {} vs SOMETHING_ELSE"),
+    (lambda m: m["environment"]["hardware"].update(isa_flags={"avx512_bf16": "other"}), "isa_flags"),
+    (lambda m: m["matmul_peak_gflops"]["cpu"].update(float32=m["matmul_peak_gflops"]["cpu"]["float32"] * 100),
+     "matmul ceiling cpu/float32: "),
+    # a baseline made before hardware identity was recorded (as results/baseline is)
+    (lambda m: m["environment"]["hardware"].pop("cpu_capability"),
+     "the new run does not record cpu_capability (made before lvm-bench recorded it)"),
+])
+def test_throughput_not_judged_when_hardware_identity_differs(runs, tmp_path, capsys, edit, reason):
+    base = _copy(runs["base"], tmp_path / "base")
+    _edit_cells(base, lambda c: c.assign(time_median_s=0.5))  # long enough to be judged
+    other = _copy(base, tmp_path / "other")
+    _edit_cells(other, lambda c: c.assign(terms_per_s=c["terms_per_s"] / 2))
+    _edit_meta(other, edit)
+    hw = json.loads((base / "meta.json").read_text())["environment"]["hardware"]
+    reason = reason.format(hw.get("cpu_capability"))
+    comp = compare_runs(base, other, min_time=0)
+    assert not comp.hardware_match and not comp.timings_judged and comp.exit_code == 0
+    assert [m for m in comp.hardware_mismatches if m.startswith(reason)], comp.hardware_mismatches
+    tput = [r for r in comp.rows if r.metric == "terms_per_s"]
+    assert tput and all(r.verdict == NOT_JUDGED for r in tput)
+    assert main(["compare", str(base), str(other)]) == 0
+    text = capsys.readouterr().out
+    assert "not judged: different hardware" in text and reason in text
+    assert "- note: throughput is reported, not judged" in comp.render("markdown")
+    assert reason in comp.render("markdown")
+    assert json.loads(comp.render("json"))["hardware_mismatches"] == comp.hardware_mismatches
+    # and the other way round
+    assert not compare_runs(other, base).hardware_match
+
+
 @pytest.mark.parametrize("case, message", [
     ("missing", "no such run directory"),
     ("not_a_run", "is not a run: meta.json is missing"),
