@@ -30,6 +30,7 @@ from .numerics import LogSumExpState, dtype_name, parse_dtype
 from .runtime import check_device
 
 BLOCK = 4096  # draws per seeded block: fixed, so results never depend on chunk_size
+CHUNK = 2048  # draws per chunk of the streamed estimators (prior proposal)
 FORMS = ("product", "exp")
 
 
@@ -196,6 +197,52 @@ def _diag_dtype(dt: torch.dtype) -> torch.dtype:
     return torch.float64 if dt == torch.float64 else torch.float32
 
 
+class _LogSum:
+    """log_space's reduction: a streamed logsumexp of log-term chunks, plus diagnostics."""
+
+    def __init__(self, B: int, dt: torch.dtype, acc: torch.dtype, dev: torch.device,
+                 diag: _Diagnostics | None = None):
+        self.dt, self.acc = dt, acc
+        self.state = LogSumExpState((B,), dtype=acc, device=dev)
+        # the diagnostics depend on the log terms only: sums of the same terms may share them
+        self.own_diag = diag is None
+        self.diag = _Diagnostics(B, dev, _diag_dtype(dt)) if diag is None else diag
+
+    def add(self, ll: torch.Tensor) -> None:
+        self.state.update(ll)
+        if self.own_diag:
+            self.diag.add(None, ll)
+
+    def result(self, n: int, seed: int) -> Estimate:
+        log_px = self.state.result().to(torch.float64).cpu() - math.log(n)
+        return Estimate("log_space", dtype_name(self.dt), n, log_px, self.diag.zero.cpu(),
+                        self.diag.nonfinite.cpu(), self.diag.ess(),
+                        {"accumulate_dtype": dtype_name(self.acc), "seed": seed})
+
+
+class _ProbSum:
+    """prob_space's reduction: a running sum of probability-term chunks in the working dtype."""
+
+    def __init__(self, B: int, dt: torch.dtype, dev: torch.device, form: str):
+        self.dt, self.form = dt, form
+        self.total = torch.zeros(B, dtype=dt, device=dev)
+        self.diag = _Diagnostics(B, dev, _diag_dtype(dt))
+
+    def add(self, terms: torch.Tensor) -> None:
+        self.total += terms.sum(-1)
+        self.diag.add(terms, torch.log(terms.to(_diag_dtype(self.dt))))
+
+    def result(self, n: int, seed: int) -> Estimate:
+        log_px = torch.log(self.total / n).to(torch.float64).cpu()
+        return Estimate("prob_space", dtype_name(self.dt), n, log_px, self.diag.zero.cpu(),
+                        self.diag.nonfinite.cpu(), self.diag.ess(), {"form": self.form, "seed": seed})
+
+
+def _product_chunk(B: int, D: int) -> int:
+    """Draws per chunk of the per-pixel product: bounds the [B, c, D] tensor at 2^22 values."""
+    return max(1, 2**22 // (B * D))
+
+
 @torch.no_grad()
 def log_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype,
               device: str | torch.device = "cpu", seed: int = 0, chunk_size: int | None = None,
@@ -203,16 +250,11 @@ def log_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtyp
     """logsumexp_i log p(x|z_i) - log N, streamed over chunks of samples."""
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, chunk_size)
     acc = parse_dtype(accumulate_dtype, argument="accumulate_dtype") if accumulate_dtype else dt
-    chunk = chunk_size or (2048 if proposal is None else 256)
-    state = LogSumExpState((len(x),), dtype=acc, device=dev)
-    diag = _Diagnostics(len(x), dev, _diag_dtype(dt))
+    chunk = chunk_size or (CHUNK if proposal is None else 256)
+    out = _LogSum(len(x), dt, acc, dev)
     for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
-        ll = _log_terms(model, x, z, corr, dt, dev)
-        state.update(ll)
-        diag.add(None, ll)
-    log_px = state.result().to(torch.float64).cpu() - math.log(n)
-    return Estimate("log_space", dtype_name(dt), n, log_px, diag.zero.cpu(), diag.nonfinite.cpu(),
-                    diag.ess(), {"accumulate_dtype": dtype_name(acc), "seed": seed})
+        out.add(_log_terms(model, x, z, corr, dt, dev))
+    return out.result(n, seed)
 
 
 @torch.no_grad()
@@ -231,13 +273,8 @@ def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dty
         raise InputError("form='product' needs a model with pixel_probs(x, z, dtype); "
                          "accepted for this model: form='exp'")
     B = len(x)
-    chunk = chunk_size or (max(1, 2**22 // (B * x.shape[1])) if form == "product" else 2048)
-    total = torch.zeros(B, dtype=dt, device=dev)
-    diag = _Diagnostics(B, dev, _diag_dtype(dt))
+    chunk = chunk_size or (_product_chunk(B, x.shape[1]) if form == "product" else CHUNK)
+    out = _ProbSum(B, dt, dev, form)
     for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
-        terms = _prob_terms(model, x, z, corr, dt, dev, form)
-        total += terms.sum(-1)
-        diag.add(terms, torch.log(terms.to(_diag_dtype(dt))))
-    log_px = torch.log(total / n).to(torch.float64).cpu()
-    return Estimate("prob_space", dtype_name(dt), n, log_px, diag.zero.cpu(),
-                    diag.nonfinite.cpu(), diag.ess(), {"form": form, "seed": seed})
+        out.add(_prob_terms(model, x, z, corr, dt, dev, form))
+    return out.result(n, seed)

@@ -126,6 +126,7 @@ class BernoulliLVM:
         self.output = output
         self.data_dim = data_dim
         self._cache = _DtypeCache(decoder)
+        self._views: dict[str, BernoulliLVM] = {output: self}  # shared by every view of the network
         with torch.no_grad():
             p = next(decoder.parameters(), None)
             probe = torch.zeros(1, latent_dim, dtype=p.dtype if p is not None else torch.float32)
@@ -154,24 +155,31 @@ class BernoulliLVM:
         """The same network with the other likelihood parametrization.
 
         logits -> probs appends a Sigmoid (the textbook's decoder); probs ->
-        logits drops a final Sigmoid. The weights are shared, not copied.
+        logits drops a final Sigmoid. The weights are shared, not copied, and each
+        view is made once: a model and its views return one another, so their
+        dtype copies are cast once.
         """
-        if output == self.output:
-            return self
+        if output in self._views:
+            return self._views[output]
         if output not in OUTPUTS:
             raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
         if output == "probs":
-            return BernoulliLVM(nn.Sequential(self.decoder, nn.Sigmoid()), self.latent_dim,
+            view = BernoulliLVM(nn.Sequential(self.decoder, nn.Sigmoid()), self.latent_dim,
                                 "probs", self.data_dim)
-        layers = list(self.decoder.children()) if isinstance(self.decoder, nn.Sequential) else []
-        if not layers or not isinstance(layers[-1], nn.Sigmoid):
-            raise InputError("output='logits' needs a probs decoder that ends in nn.Sigmoid; "
-                             f"this decoder ends in {type(layers[-1]).__name__ if layers else 'unknown'}")
-        return BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim)
+        else:
+            layers = list(self.decoder.children()) if isinstance(self.decoder, nn.Sequential) else []
+            if not layers or not isinstance(layers[-1], nn.Sigmoid):
+                raise InputError("output='logits' needs a probs decoder that ends in nn.Sigmoid; this "
+                                 f"decoder ends in {type(layers[-1]).__name__ if layers else 'unknown'}")
+            view = BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim)
+        self._views[output] = view
+        view._views = self._views
+        return view
 
     def invalidate(self) -> None:
-        """Drop cached dtype copies (call after changing the decoder's weights)."""
-        self._cache.clear()
+        """Drop cached dtype copies, of this model and its views (call after changing the weights)."""
+        for view in self._views.values():
+            view._cache.clear()
 
     def decode(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Decoder output (logits or probs) for z [N, K], in ``dtype`` on z's device."""
