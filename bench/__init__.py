@@ -13,7 +13,7 @@ _EXPORTS = {
     "Cell": "config", "Config": "config", "ConfigError": "config", "load_config": "config",
     "Run": "store", "RunError": "store", "RunStore": "store", "load_run": "store",
     "METRICS": "metrics", "Metric": "metrics",
-    "run_cell": "cell", "run": "sweep",
+    "run_group": "cell", "run": "sweep",
     "compare_runs": "compare", "write_report": "report",
 }
 __all__ = sorted(_EXPORTS)

@@ -12,11 +12,11 @@ here too, with the models and data the cells use, so that the report never runs 
 
 from __future__ import annotations
 
-import contextlib
 import platform
 import time
 import traceback
 import zlib
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -25,17 +25,20 @@ import torch
 import lvm
 from lvm import zoo
 from lvm.data import load as load_data
+from lvm.estimators import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.rng import entropy
 from lvm.runtime import set_torch_threads
+from lvm.shared import evaluate
 
-from .config import ESTIMATORS, PARAM_NAMES, Cell, Config
+from .config import ESTIMATORS, PARAM_NAMES, PARAMETRIZATIONS, Cell, Config
 from .metrics import summarize
 from .store import RunError
-from .timing import Measurement, PeakMemory, timed
+from .timing import Measurement, PeakMemory, autorange, estimate_flop, timed
 
 LOGLIK_SAMPLES = 512  # prior draws per digit behind Figures 4 and 7
 FIGURE_REPEAT = -1 % 2**31  # the repeat index of the figures' draws: never one of the cells'
+MAX_RUNS = 100  # timed calls per cell at most, however fast the cell
 K2_GRID, K2_SPAN, K2_POSTERIOR_POINTS, K2_CLIP = 15, 3.0, 121, -40.0
 
 
@@ -44,13 +47,44 @@ def draw_seed(root: int, model: str, n_samples: int, repeat: int) -> int:
     return entropy(root, zlib.crc32(model.encode()), n_samples, repeat) >> 1
 
 
-def estimate(model, x, cell: Cell, seed: int) -> lvm.Estimate:
-    """Run the cell's estimator once with the given draw seed."""
+def estimate(model, x, cell: Cell, seed: int, n_samples: int | None = None) -> lvm.Estimate:
+    """Run the cell's estimator once, as a user calls it, with the given draw seed (and N)."""
     info = ESTIMATORS[cell.estimator]
     kw = {"dtype": cell.dtype, "device": cell.device, "seed": seed}
+    n = n_samples or cell.n_samples
     if info["space"] == "prob":
-        return lvm.prob_space(model, x, cell.n_samples, form=info["form"], **kw)
-    return lvm.log_space(model, x, cell.n_samples, accumulate_dtype=info["accumulate"], **kw)
+        return lvm.prob_space(model, x, n, form=info["form"], **kw)
+    return lvm.log_space(model, x, n, accumulate_dtype=info["accumulate"], **kw)
+
+
+@dataclass
+class Timing:
+    """One timed estimator: its runs, peak memory, FLOP, and the model whose weights ran."""
+
+    times: Measurement
+    peak_bytes: int
+    flop: float
+    model: str
+
+
+def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: float) -> Timing:
+    """Time the cell's estimator end to end, the way torch.utils.benchmark's autorange does.
+
+    ``warmup`` untimed calls on one chunk of draws (min(N, CHUNK)) first: every chunk runs the
+    same kernels and casts, so one chunk warms them all without doubling a cell that takes
+    seconds. Then timed calls, device synchronised, until ``budget`` seconds are spent (at
+    least one call, at most MAX_RUNS); peak memory is taken over the first.
+    """
+    dev = torch.device(cell.device)
+    for _ in range(warmup):
+        estimate(model, x, cell, seed, min(cell.n_samples, CHUNK))
+    peak = PeakMemory(dev)
+    with peak:
+        _, first = timed(lambda: estimate(model, x, cell, seed), dev)
+    times = autorange(lambda: estimate(model, x, cell, seed), dev, budget=budget, max_runs=MAX_RUNS,
+                      first=first)
+    flop = estimate_flop(zoo.parse(cell.model).architecture(), len(x), cell.n_samples)
+    return Timing(times, peak.peak, flop, cell.model)
 
 
 class Context:
@@ -67,7 +101,7 @@ class Context:
         self.x = self.dataset.x[: run["n_data"]]
         self._models: dict[tuple[str, str], lvm.BernoulliLVM] = {}
         self.truths: dict[str, dict] = {}
-        self._replay: dict[tuple, np.ndarray] = {}
+        self._timings: dict[tuple, Timing] = {}
 
     def model(self, name: str, parametrization: str) -> lvm.BernoulliLVM:
         key = (name, parametrization)
@@ -89,13 +123,21 @@ class Context:
                                  "meta": ref.meta}
         return self.truths[name]
 
-    def replay(self, cell: Cell, repeat: int, seed: int) -> np.ndarray:
-        key = (cell.model, cell.parametrization, cell.n_samples, repeat)
-        if key not in self._replay:
-            m = self.model(cell.model, cell.parametrization)
-            est = lvm.log_space(m, self.x, cell.n_samples, dtype="float64", seed=seed)
-            self._replay[key] = est.log_px.numpy()
-        return self._replay[key]
+    def architecture(self, name: str, parametrization: str) -> str:
+        """What decides an estimator's speed besides its own axes: the network's shape, not its weights."""
+        m = self.model(name, parametrization)
+        return f"K={m.latent_dim} D={m.data_dim} {m.output} {m.decoder}"
+
+    def timing(self, cell: Cell, seed: int) -> Timing:
+        """The cell's timing, measured once per (estimator, dtype, N, architecture, device):
+        cells that differ only in the weights share it (``timed_model`` says whose ran)."""
+        key = (cell.estimator, cell.dtype, cell.n_samples, cell.device,
+               self.architecture(cell.model, cell.parametrization))
+        if key not in self._timings:
+            run = self.config.run
+            self._timings[key] = time_estimator(self.model(cell.model, cell.parametrization), self.x, cell,
+                                                seed, warmup=run["warmup"], budget=run["time_budget"])
+        return self._timings[key]
 
     def figure_draws(self, name: str) -> torch.Tensor:
         """The prior draws behind Figures 4 and 7 (the same for both)."""
@@ -139,57 +181,82 @@ class Context:
         return {f"{n}/{p}": m.fingerprint() for (n, p), m in sorted(self._models.items())}
 
 
-def run_cell(ctx: Context, cell: Cell) -> tuple[dict, pd.DataFrame]:
-    """Measure one cell: (summary row, one raw row per datapoint and repeat).
+def groups(cells: list[Cell]) -> list[list[Cell]]:
+    """Cells that share draws and decoder passes: one (model, device, N), in first-seen order."""
+    out: dict[tuple, list[Cell]] = {}
+    for c in cells:
+        out.setdefault((c.model, c.device, c.n_samples), []).append(c)
+    return list(out.values())
+
+
+def run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataFrame]]:
+    """Measure the cells of one group: [(key, summary row, raw rows)], in the order given.
 
     Runs with ``run.threads`` torch threads: a matmul's rounding depends on how it is split,
     so the numbers must not depend on the machine's core count, and timings stay clean.
     """
     with set_torch_threads(ctx.config.run["threads"]):
-        return _run_cell(ctx, cell)
+        return _run_group(ctx, cells)
 
 
-def _run_cell(ctx: Context, cell: Cell) -> tuple[dict, pd.DataFrame]:
+def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataFrame]]:
     run = ctx.config.run
+    first = cells[0]
+    if any((c.model, c.device, c.n_samples) != (first.model, first.device, first.n_samples) for c in cells):
+        raise ValueError("run_group: the cells must share model, device and n_samples")
     t_start = time.perf_counter()
-    model = ctx.model(cell.model, cell.parametrization)
-    truth = ctx.truth(cell.model)
-    seeds = [draw_seed(run["seed"], cell.model, cell.n_samples, r) for r in range(run["repeats"])]
-    dev = torch.device(cell.device)
-    peak = PeakMemory(dev)
-    for w in range(run["warmup"]):
-        with peak if w == 0 else contextlib.nullcontext():
-            estimate(model, ctx.x, cell, seeds[0])
-    times, ests = Measurement(), []
-    for r, seed in enumerate(seeds):
-        with peak if (run["warmup"] == 0 and r == 0) else contextlib.nullcontext():
-            est, seconds = timed(lambda s=seed: estimate(model, ctx.x, cell, s), dev)
-        times.times.append(seconds)
-        ests.append(est)
-    replay = np.stack([ctx.replay(cell, r, s) for r, s in enumerate(seeds)])
+    truth = ctx.truth(first.model)
+    seeds = [draw_seed(run["seed"], first.model, first.n_samples, r) for r in range(run["repeats"])]
+    # Accuracy: one shared pass per (dtype, repeat); float64 log space is also every cell's replay.
+    params = [p for p in PARAMETRIZATIONS if any(c.parametrization == p for c in cells)]
+    wanted: dict[str, set[str]] = {"float64": {"log_space"}}
+    for c in cells:
+        wanted.setdefault(c.dtype, set()).add(c.estimator)
+    base = ctx.model(first.model, first.parametrization)
+    passes = {(dt, r): evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
+                                estimators={e: ESTIMATORS[e] for e in sorted(names)}, outputs=tuple(params))
+              for dt, names in wanted.items() for r, seed in enumerate(seeds)}
+    share = (time.perf_counter() - t_start) / len(cells)
+    out = []
+    for cell in cells:
+        t_cell = time.perf_counter()
+        ests = [passes[(cell.dtype, r)][(cell.estimator, cell.parametrization)] for r in range(len(seeds))]
+        replay = np.stack([passes[("float64", r)][("log_space", cell.parametrization)].log_px.numpy()
+                           for r in range(len(seeds))])
+        timing = ctx.timing(cell, seeds[0])
+        row, raw = _tables(cell, ests, replay, truth, timing)
+        row["wall_s"] = share + time.perf_counter() - t_cell
+        out.append((cell.key, row, raw))
+    return out
+
+
+def _tables(cell: Cell, ests: list[lvm.Estimate], replay: np.ndarray, truth: dict,
+            timing: Timing) -> tuple[dict, pd.DataFrame]:
+    """A cell's summary row and raw rows from its R estimates, replays, truth and timing."""
     values = np.stack([e.log_px.numpy() for e in ests])
     zero = np.stack([e.n_zero_terms.numpy() for e in ests])
     nonfinite = np.stack([e.n_nonfinite_terms.numpy() for e in ests])
     ess = np.stack([e.ess.numpy() for e in ests])
-    B = values.shape[1]
+    R, B = values.shape
     facts = dtype_facts(cell.dtype)
-    row = {**cell.coords(), "status": "ok", "reason": "", "n_data": B, "repeats": len(seeds),
+    median = timing.times.median
+    row = {**cell.coords(), "status": "ok", "reason": "", "n_data": B, "repeats": R,
            **summarize(values, replay, truth["log_px"], truth["se"], zero, nonfinite, ess,
                        cell.n_samples),
            "truth_method": truth["method"], "truth_se_max": float(np.max(truth["se"])),
            "underflow_threshold": facts.log_min_subnormal, "unit_roundoff": facts.unit_roundoff,
-           "time_median_s": times.median, "time_iqr_s": times.iqr, "time_runs": len(times.times),
-           "terms_per_s": B * cell.n_samples / times.median, "estimates_per_s": B / times.median,
-           "peak_memory_mb": peak.peak / 2**20, "host": platform.node(),
-           "wall_s": time.perf_counter() - t_start}
+           "flop": timing.flop,
+           "time_median_s": median, "time_iqr_s": timing.times.iqr, "time_runs": len(timing.times.times),
+           "terms_per_s": B * cell.n_samples / median, "estimates_per_s": B / median,
+           "peak_memory_mb": timing.peak_bytes / 2**20, "timed_model": timing.model,
+           "host": platform.node()}
     raw = pd.DataFrame({
-        **{p: [getattr(cell, p)] * (B * len(seeds)) for p in PARAM_NAMES},
-        "repeat": np.repeat(np.arange(len(seeds)), B),
-        "datapoint": np.tile(np.arange(B), len(seeds)),
+        **{p: [getattr(cell, p)] * (B * R) for p in PARAM_NAMES},
+        "repeat": np.repeat(np.arange(R), B),
+        "datapoint": np.tile(np.arange(B), R),
         "estimate": values.ravel(), "replay_float64": replay.ravel(),
-        "truth": np.tile(truth["log_px"], len(seeds)),
+        "truth": np.tile(truth["log_px"], R),
         "zero_terms": zero.ravel(), "nonfinite_terms": nonfinite.ravel(), "ess": ess.ravel(),
-        "time_s": np.repeat(times.times, B),
     })
     return row, raw
 

@@ -35,16 +35,17 @@ DEVICES = ("cpu", "cuda", "mps")
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "run": {"name": str, "seed": int, "dataset": str, "split": str, "n_data": int, "repeats": int,
-            "warmup": int, "reference": str, "reference_samples": int, "threads": int},
+            "warmup": int, "time_budget": float, "reference": str, "reference_samples": int,
+            "threads": int},
     "grid": {k: list for k in PARAM_NAMES},
-    "limits": {"max_n_samples": dict},
+    "limits": {"max_n_samples": dict, "reasons": dict},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
-            "repeats": 5, "warmup": 1, "reference": "auto", "reference_samples": 20000,
+            "repeats": 5, "warmup": 1, "time_budget": 0.25, "reference": "auto", "reference_samples": 20000,
             "threads": 1},
     "grid": {},
-    "limits": {"max_n_samples": {}},
+    "limits": {"max_n_samples": {}, "reasons": {}},
 }
 
 
@@ -122,7 +123,9 @@ class Config:
             else:
                 for axis_value in (cell.dtype, cell.estimator):
                     if axis_value in caps and cell.n_samples > caps[axis_value]:
-                        reason = f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
+                        why = self.data["limits"]["reasons"].get(axis_value)
+                        reason = (f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
+                                  + (f": {why}" if why else ""))
             if reason:
                 excluded.append({"cell": cell.key, "reason": reason})
             else:
@@ -225,7 +228,8 @@ def validate(raw: dict, source: str = "<dict>") -> Config:
                                   f"{_suggest(key, SCHEMA[section])}; accepted: "
                                   f"{', '.join(SCHEMA[section])}")
             kind = SCHEMA[section][key]
-            if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+            accepted = (int, float) if kind is float else kind  # a float key takes 1 as well as 1.0
+            if kind in (int, float) and isinstance(value, bool) or not isinstance(value, accepted):
                 raise ConfigError(f"{source}: {section}.{key} = {value!r} has the wrong type; "
                                   f"accepted: {kind.__name__}")
     data = copy.deepcopy(DEFAULTS)
@@ -271,6 +275,9 @@ def _check_axes(data: dict, source: str) -> None:
     if run["repeats"] < 2:
         raise ConfigError(f"{source}: run.repeats = {run['repeats']}; accepted: at least 2 "
                           "(variance and standard errors need repeats)")
+    if not run["time_budget"] > 0:
+        raise ConfigError(f"{source}: run.time_budget = {run['time_budget']}; accepted: a positive "
+                          "number of seconds (the timing budget per cell)")
     if run["warmup"] < 0:
         raise ConfigError(f"{source}: run.warmup = {run['warmup']}; accepted: 0 or more")
     if run["reference"] not in ("auto", "quadrature", "importance"):
@@ -281,3 +288,8 @@ def _check_axes(data: dict, source: str) -> None:
             raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
                               f"({', '.join(DTYPES)}) or an estimator ({', '.join(ESTIMATORS)}) "
                               "mapped to a positive integer")
+    for key, why in data["limits"]["reasons"].items():
+        if key not in data["limits"]["max_n_samples"] or not isinstance(why, str):
+            capped = ", ".join(data["limits"]["max_n_samples"]) or "none"
+            raise ConfigError(f"{source}: limits.reasons.{key} = {why!r}; accepted: a text, for a key "
+                              f"of limits.max_n_samples ({capped})")

@@ -2,7 +2,8 @@
 
 An executor's ``map(ctx, cells)`` yields ``(key, row, raw)`` as cells finish,
 in any order; the client alone writes the run directory, so resume and the
-final tables are the same whichever executor ran the cells.
+final tables are the same whichever executor ran the cells. The unit of work is
+a group of cells that share draws and decoder passes (:func:`bench.cell.groups`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import platform
 
 from lvm.runtime import device_unavailable
 
-from .cell import Context, failed_row, run_cell
+from .cell import Context, failed_row, groups, run_group
 from .config import Cell, Config
 from .store import RunError
 
@@ -36,37 +37,42 @@ class LocalExecutor:
     def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
         from tqdm.auto import tqdm
 
-        bar = tqdm(cells, desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
-        for cell in bar:
-            bar.set_postfix_str(f"{cell.estimator} {cell.dtype} N={cell.n_samples} {cell.model}",
-                                refresh=False)
+        bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress, dynamic_ncols=True)
+        for group in groups(cells):
+            c = group[0]
+            bar.set_postfix_str(f"{c.model} N={c.n_samples} {c.device}", refresh=False)
             try:
-                row, raw = run_cell(ctx, cell)
+                done = run_group(ctx, group)
             except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-                self.failed.append(failed_row(cell, e))
+                self.failed.extend(failed_row(cell, e) for cell in group)
+                bar.update(len(group))
                 continue
-            row["worker"] = "local"
-            yield cell.key, row, raw
+            for key, row, raw in done:
+                row["worker"] = "local"
+                bar.update()
+                yield key, row, raw
+        bar.close()
 
 
 # One Context per worker process and config, built on first use.
 _CONTEXTS: dict[tuple, Context] = {}
 
 
-def remote_cell(config_data: dict, source: str, cell: tuple, cache_dir: str | None):
-    """Run one cell on a dask worker: a pure function of (config, cell)."""
+def remote_group(config_data: dict, source: str, cells: list[tuple], cache_dir: str | None):
+    """Run one group of cells on a dask worker: a pure function of (config, cells)."""
     key = (repr(config_data), cache_dir)
     if key not in _CONTEXTS:
         _CONTEXTS[key] = Context(Config(config_data, source), cache_dir=cache_dir)
-    c = Cell(*cell)
-    row, raw = run_cell(_CONTEXTS[key], c)
+    done = run_group(_CONTEXTS[key], [Cell(*c) for c in cells])
     try:
         from distributed import get_worker
 
-        row["worker"] = get_worker().address
+        worker = get_worker().address
     except (ImportError, ValueError):
-        row["worker"] = f"{platform.node()}:{os.getpid()}"
-    return c.key, row, raw
+        worker = f"{platform.node()}:{os.getpid()}"
+    for _, row, _ in done:
+        row["worker"] = worker
+    return done
 
 
 class DaskExecutor:
@@ -132,20 +138,21 @@ class DaskExecutor:
             cfg = ctx.config
             futures = {}
             data = cfg.to_dict()  # one copy for all cells
-            for c in cells:
+            for group in groups(cells):
+                c = group[0]
                 resources = {"GPU": 1} if c.device in ("cuda", "mps") else None
-                f = client.submit(remote_cell, data, cfg.source, dataclasses.astuple(c), ctx.cache_dir,
-                                  key=f"cell-{c.key}", pure=False, retries=self.retries,
-                                  resources=resources)
-                futures[f] = c
+                f = client.submit(remote_group, data, cfg.source, [dataclasses.astuple(g) for g in group],
+                                  ctx.cache_dir, key=f"group-{c.model}-{c.device}-{c.n_samples}-{c.key}",
+                                  pure=False, retries=self.retries, resources=resources)
+                futures[f] = group
             bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress)
             for f in as_completed(futures):
-                c = futures[f]
-                bar.update()
+                group = futures[f]
+                bar.update(len(group))
                 try:
-                    yield f.result()
+                    yield from f.result()
                 except Exception as e:  # noqa: BLE001 - recorded, the run goes on
-                    self.failed.append(failed_row(c, e))
+                    self.failed.extend(failed_row(c, e) for c in group)
             bar.close()
         finally:
             self.close()

@@ -217,15 +217,19 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("truth_se_max", "nats", "largest standard error of the ground truth over digits"),
     Metric("underflow_threshold", "nats", "log of the dtype's smallest subnormal"),
     Metric("unit_roundoff", "", "half the dtype's machine epsilon"),
+    Metric("flop", "FLOP", "floating-point work of one estimate: decoder on N draws + data product"),
     Metric("time_median_s", "s", "median of the timed runs", timing=True),
-    Metric("time_iqr_s", "s", "interquartile range of the timed runs", timing=True),
-    Metric("time_runs", "count", "timed runs"),
+    Metric("time_iqr_s", "s", "interquartile range of the timed runs (n/a for one run)", timing=True),
+    Metric("time_runs", "count", "timed runs: as many as fit the time budget", timing=True),
     Metric("terms_per_s", "terms/s", "B x N / median time", rule="factor", timing=True),
     Metric("estimates_per_s", "estimates/s", "B / median time", timing=True),
     Metric("peak_memory_mb", "MB", "peak memory above the starting level during the first run",
            timing=True),
+    Metric("timed_model", "text", "the model whose weights ran the timing: cells that differ only "
+           "in their weights share one timing", timing=True),
     Metric("host", "text", "the machine that ran the cell", timing=True),
-    Metric("wall_s", "s", "wall time of the whole cell", timing=True),
+    Metric("wall_s", "s", "wall time spent on the cell: its timing plus its share of the shared "
+           "accuracy passes", timing=True),
 )}
 JUDGED = tuple(m for m in METRICS.values() if m.rule)
 TIMING_COLUMNS = (*(m.name for m in METRICS.values() if m.timing), "worker")

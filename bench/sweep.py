@@ -19,7 +19,7 @@ from lvm.numerics import DTYPES
 from lvm.runtime import device_unavailable, set_torch_threads
 
 from . import environment
-from .cell import LOGLIK_SAMPLES, Context, skipped_row
+from .cell import LOGLIK_SAMPLES, MAX_RUNS, Context, skipped_row
 from .config import Cell, Config
 from .executors import LocalExecutor
 from .store import RunError, RunStore, atomic_write
@@ -80,6 +80,11 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
                            f"{lvm.estimators.BLOCK} draws from SeedSequence([seed, block])",
                   "figures": f"{LOGLIK_SAMPLES} draws per model as for repeat 2**31 - 1",
                   "binarization": 0},
+        "timing": {"budget_s": config.run["time_budget"], "max_runs": MAX_RUNS,
+                   "warmup": f"{config.run['warmup']} untimed call(s) on min(N, "
+                             f"{lvm.estimators.CHUNK}) draws",
+                   "shared": "one timing per (estimator, dtype, N, device, network architecture); "
+                             "cells.csv timed_model names the model whose weights ran"},
         "dataset": ctx.dataset.identity, "n_cells": len(cells), "excluded_cells": excluded,
         "skipped_cells": len(skipped), "status": "running",
     })

@@ -1,4 +1,4 @@
-"""Device-synchronised timing, peak memory, and the matrix-product ceiling.
+"""Device-synchronised timing, peak memory, FLOP counts and the matrix-product roofline.
 
 Timings follow torch.utils.benchmark's habits: warm up first, synchronise the
 device around each run, report the median and IQR of several runs.
@@ -9,8 +9,9 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -52,6 +53,19 @@ def timed(fn: Callable[[], object], device: torch.device | str) -> tuple[object,
     out = fn()
     synchronize(device)
     return out, time.perf_counter() - t0
+
+
+def autorange(fn: Callable[[], object], device: torch.device | str, *, budget: float,
+              max_runs: int, first: float | None = None) -> Measurement:
+    """Timed runs of ``fn`` until ``budget`` seconds are spent: many runs for a stable median
+    on a fast function, one on a function that takes longer than the budget (the idea of
+    torch.utils.benchmark's ``blocked_autorange``, one call per run). ``first``: the seconds
+    of a run already made, counted as the first. The caller warms up.
+    """
+    m = Measurement([] if first is None else [first])
+    while not m.times or (sum(m.times) < budget and len(m.times) < max_runs):
+        m.times.append(timed(fn, device)[1])
+    return m
 
 
 def _status_bytes(key: str) -> int | None:
@@ -118,15 +132,64 @@ class PeakMemory:
 
 
 # ----------------------------------------------------------------------------- the roofline
+#
+# The FLOP of one estimate, counted from the model's architecture (lvm.zoo's
+# ``parse(name).architecture()``, lvm.model's ``architecture(...)``), and the roofline:
+# the time those FLOP take at the machine's matrix-product rate for the very shapes the
+# estimator multiplies. One count serves the sweep's ``flop`` column, the report's
+# fraction of peak and the throughput benchmark.
 
-DATA_FLOP_PER_TERM = 2 * 784  # one log-likelihood term: a length-784 dot product in the data product
+LOG_SPACE_CHUNK = 2048  # log_space's default chunk of prior draws (lvm/estimators.py)
 
 
-def estimator_flop(decoder: torch.nn.Module, b: int, n: int, data_dim: int = 784) -> float:
-    """Floating-point work of one estimate: the decoder on n draws (2 x its weights per draw,
-    shared by the b datapoints) plus the [b, D] x [D, n] data product."""
-    per_draw = sum(2 * p.numel() for name, p in decoder.named_parameters() if name.endswith("weight"))
-    return n * per_draw + 2.0 * b * n * data_dim
+def decoder_widths(arch: Mapping[str, Any]) -> list[int]:
+    """Layer widths of a zoo decoder, K, h, ..., h, D: Linear(K, h)-ELU-[Linear(h, h)-ELU]
+    x (layers - 1)-Linear(h, D), as :func:`lvm.model.seed_decoder` builds it."""
+    return [int(arch["latent_dim"]), *[int(arch["hidden"])] * int(arch["layers"]),
+            int(arch.get("data_dim", 784))]
+
+
+def decoder_flop_per_draw(arch: Mapping[str, Any]) -> int:
+    """2 x the sum of the decoder's weight-matrix sizes: one multiply and one add per weight
+    for one draw z.
+
+    Biases, activations (ELU, a final Sigmoid) and the likelihood's softplus are not
+    counted: they are O(width) per draw against the products' O(width^2), and they are not
+    matrix-product work, so the matrix-product rate is no ceiling for them; on the roofline
+    they are overhead, not useful work.
+    """
+    w = decoder_widths(arch)
+    return 2 * sum(a * b for a, b in zip(w, w[1:], strict=False))
+
+
+def estimate_flop(arch: Mapping[str, Any], n_data: int, n_samples: int) -> int:
+    """FLOP of one estimate of log p(x) for B = ``n_data`` datapoints from N = ``n_samples``
+    prior draws: the decoder on each of the N draws (shared by the B datapoints) plus the
+    [B, D] @ [D, N] data product (2 B D per draw)."""
+    return int(n_samples) * (decoder_flop_per_draw(arch) + 2 * int(n_data) * decoder_widths(arch)[-1])
+
+
+def matmul_shapes(arch: Mapping[str, Any], n_data: int, n_samples: int,
+                  chunk: int = LOG_SPACE_CHUNK) -> dict[tuple[int, int, int], int]:
+    """The matrix products of one log_space estimate as {(m, k, n): how many}: per chunk of
+    c draws, each decoder layer's [c, in] @ [in, out] and the data product [B, D] @ [D, c]
+    (the last chunk holds the remainder). Their 2 m k n add up to :func:`estimate_flop`."""
+    w = decoder_widths(arch)
+    full, rest = divmod(int(n_samples), chunk)
+    out: dict[tuple[int, int, int], int] = {}
+    for c, count in ((chunk, full), (rest, 1)):
+        if c == 0 or count == 0:
+            continue
+        for shape in [(c, a, b) for a, b in zip(w, w[1:], strict=False)] + [(int(n_data), w[-1], c)]:
+            out[shape] = out.get(shape, 0) + count
+    return out
+
+
+def roofline_seconds(shapes: Mapping[tuple[int, int, int], int],
+                     gflops: Mapping[tuple[int, int, int], float]) -> float:
+    """The roofline time: each product's FLOP at the machine's rate for its shape (GFLOP/s),
+    summed. The work cannot be done faster with these products at these rates."""
+    return sum(count * 2 * m * k * n / (gflops[(m, k, n)] * 1e9) for (m, k, n), count in shapes.items())
 
 
 def matmul_operands(dtype: torch.dtype, device: torch.device | str, shape: tuple[int, int, int]
@@ -147,3 +210,18 @@ def matmul_peak_gflops(dtype: torch.dtype, device: torch.device | str = "cpu",
     best = min(timed(lambda: a @ b, device)[1] for _ in range(runs))
     m, k, n = shape
     return 2 * m * k * n / best / 1e9
+
+
+def measure_roofline(arch: Mapping[str, Any], n_data: int, n_samples: int, dtype: torch.dtype,
+                     device: torch.device | str = "cpu", chunk: int = LOG_SPACE_CHUNK,
+                     runs: int = 5) -> tuple[float, dict[tuple[int, int, int], float]]:
+    """(roofline seconds, GFLOP/s per shape) of one log_space estimate on this machine: each
+    shape of :func:`matmul_shapes` timed by :func:`matmul_peak_gflops`, in two passes over the
+    shapes keeping each one's best rate, so that the first shapes timed in a process (while
+    the clock and the BLAS warm up) do not lower the ceiling."""
+    shapes = matmul_shapes(arch, n_data, n_samples, chunk)
+    rates: dict[tuple[int, int, int], float] = {}
+    for _ in range(2):
+        for s in shapes:
+            rates[s] = max(rates.get(s, 0.0), matmul_peak_gflops(dtype, device, s, runs))
+    return roofline_seconds(shapes, rates), rates

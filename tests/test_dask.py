@@ -31,7 +31,7 @@ def _config(tmp_path, n_samples="10,100,1000"):
 
 
 def _numbers(t: pd.DataFrame) -> pd.DataFrame:
-    drop = [c for c in (*TIMING_COLUMNS, "time_runs", "worker", "reason") if c in t]
+    drop = [c for c in (*TIMING_COLUMNS, "reason") if c in t]
     return t.drop(columns=drop)
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +80,31 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
         _io.atomic_write(path, fails)
     assert path.read_bytes() == b"one"
     assert [p.name for p in path.parent.iterdir()] == ["f.bin"]  # no temp file left behind
+
+
+# ----------------------------------------------------------------------------- timing budget
+
+def test_autorange_fills_the_budget_on_fast_calls_and_stops_at_max_runs():
+    from bench.timing import autorange
+
+    calls = []
+    m = autorange(lambda: calls.append(1), "cpu", budget=60.0, max_runs=7)
+    assert len(m.times) == len(calls) == 7
+
+
+def test_autorange_makes_one_run_of_a_call_longer_than_the_budget():
+    from bench.timing import autorange
+
+    m = autorange(lambda: time.sleep(0.02), "cpu", budget=0.001, max_runs=50)
+    assert len(m.times) == 1 and m.times[0] >= 0.02
+    assert math.isnan(m.iqr)
+    # a run already made counts as the first
+    m = autorange(lambda: None, "cpu", budget=0.001, max_runs=50, first=5.0)
+    assert m.times == [5.0]
+
+
+def test_autorange_stops_once_the_budget_is_spent():
+    from bench.timing import autorange
+
+    m = autorange(lambda: time.sleep(0.01), "cpu", budget=0.035, max_runs=1000)
+    assert 2 <= len(m.times) < 1000 and sum(m.times[:-1]) < 0.035 <= sum(m.times)
