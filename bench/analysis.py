@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from lvm import zoo
+from lvm.errors import InputError
 from lvm.numerics import DTYPES, dtype_facts
 
 from .config import DEVICES, ESTIMATORS
 from .metrics import wilson
 from .render import fmt_num, fmt_pct, fmt_rate, join, plural
 from .store import Meta, Run
-from .timing import DATA_FLOP_PER_TERM
+from .timing import estimate_flop
 
 K2_ARRAYS = ("digit", "decoded", "posterior", "extent", "draws", "hit", "span")  # what Figure 7 draws
 
@@ -95,16 +97,47 @@ def _slope(g: pd.DataFrame, col: str) -> float:
     return float(np.polyfit(np.log(v["n_samples"]), np.log(v[col].abs()), 1)[0])
 
 
-def throughput(run: Run) -> pd.DataFrame:
-    """terms/s over models at each (device, estimator, dtype)'s largest N, shown parametrization.
+def _architecture(model: str) -> dict | None:
+    try:
+        return zoo.parse(model).architecture()
+    except InputError:
+        return None
 
-    Columns: device, estimator, dtype, terms_per_s (the median over models), min, max, n_samples.
+
+def cell_flop(cells: pd.DataFrame) -> pd.Series:
+    """FLOP of one estimate per cell (decoder on N draws + data product): the sweep's ``flop``
+    column where it holds a number, else :func:`bench.timing.estimate_flop` of the model's zoo
+    architecture with B = n_data and N = n_samples, so that a run written before the column
+    existed is counted the same way; NaN for a model the zoo does not know."""
+    archs = {m: _architecture(m) for m in cells["model"].unique()}
+    b = pd.to_numeric(cells["n_data"], errors="coerce")
+    derived = pd.Series([float(estimate_flop(archs[m], int(bi), int(n))) if archs[m] and np.isfinite(bi)
+                         else np.nan for m, bi, n in zip(cells["model"], b, cells["n_samples"], strict=True)],
+                        index=cells.index, dtype=float)
+    if "flop" not in cells:
+        return derived
+    return pd.to_numeric(cells["flop"], errors="coerce").fillna(derived)
+
+
+def cell_gflops(cells: pd.DataFrame) -> pd.Series:
+    """GFLOP/s achieved per cell: :func:`cell_flop` over the median time of one estimate."""
+    return cell_flop(cells) / pd.to_numeric(cells["time_median_s"], errors="coerce") / 1e9
+
+
+def throughput(run: Run) -> pd.DataFrame:
+    """Throughput over models at each (device, estimator, dtype)'s largest N, shown parametrization.
+
+    Columns: device, estimator, dtype, terms_per_s (the median over models), gflops (the
+    median over models of :func:`cell_gflops`: decoder + data product), gflops_min,
+    gflops_max, flop_per_term (median over models of FLOP / (B N)), n_samples.
     """
     ok = run.ok
     c = ok[(ok["parametrization"] == order(run).parametrization) & (ok["terms_per_s"] > 0)]
     c = c[c["n_samples"] == c.groupby(["device", "estimator", "dtype"])["n_samples"].transform("max")]
+    c = c.assign(gflops=cell_gflops(c), flop_per_term=cell_flop(c) / (c["n_data"] * c["n_samples"]))
     return c.groupby(["device", "estimator", "dtype"], as_index=False).agg(
-        terms_per_s=("terms_per_s", "median"), min=("terms_per_s", "min"), max=("terms_per_s", "max"),
+        terms_per_s=("terms_per_s", "median"), gflops=("gflops", "median"), gflops_min=("gflops", "min"),
+        gflops_max=("gflops", "max"), flop_per_term=("flop_per_term", "median"),
         n_samples=("n_samples", "max"))
 
 
@@ -205,6 +238,8 @@ def finding_fastest(run: Run) -> Finding | None:
 
 
 def finding_peak(run: Run) -> Finding | None:
+    """log space's FLOP rate (decoder + data product, :func:`cell_gflops`) as a share of the
+    machine's matrix-product peak of the dtype (meta.json matmul_peak_gflops)."""
     t = throughput(run)
     peaks = run.meta.matmul_peak_gflops
     parts, nums = [], {}
@@ -212,18 +247,22 @@ def finding_peak(run: Run) -> Finding | None:
         for dt in ("float32", "float64"):
             row = t[(t["device"] == dev) & (t["estimator"] == "log_space") & (t["dtype"] == dt)]
             peak = (peaks.get(dev) or {}).get(dt)
-            if row.empty or not peak:
+            if row.empty or not peak or not np.isfinite(row["gflops"].iloc[0]):
                 continue
-            rate = float(row["terms_per_s"].iloc[0])
-            gf = rate * DATA_FLOP_PER_TERM / 1e9
-            nums |= {f"{dev}.terms_per_s": rate, f"{dev}.gflops": gf, f"{dev}.peak_gflops": float(peak)}
-            parts.append(f"at {dt} on {dev} it evaluated {fmt_rate(rate)} terms/s, {fmt_num(gf)} GFLOP/s in "
-                         f"the data product, {fmt_pct(gf / peak)} of that machine's {dt} matrix-product peak "
+            r = row.iloc[0]
+            gf = float(r["gflops"])
+            nums |= {f"{dev}.terms_per_s": float(r["terms_per_s"]), f"{dev}.gflops": gf,
+                     f"{dev}.peak_gflops": float(peak), f"{dev}.fraction": gf / peak,
+                     f"{dev}.flop_per_term": float(r["flop_per_term"])}
+            parts.append(f"at {dt} on {dev} it evaluated {fmt_rate(r['terms_per_s'])} terms/s at "
+                         f"{r['flop_per_term']:,.0f} FLOP a term, {fmt_num(gf)} GFLOP/s: "
+                         f"{fmt_pct(gf / peak)} of that machine's {dt} matrix-product peak "
                          f"({fmt_num(peak)} GFLOP/s)")
             break
     if not parts:
         return None
-    return Finding(f"Counting {DATA_FLOP_PER_TERM:,} FLOP a term, log space used little of the hardware: "
+    return Finding("Counting all the floating-point work of an estimate, the decoder on each prior draw "
+                   "(shared by the B digits) plus the data product, log space's share of the hardware: "
                    f"{'; '.join(parts)}.", nums)
 
 

@@ -20,7 +20,6 @@ from lvm.numerics import DTYPES, dtype_facts
 from . import plotkit as K
 from .analysis import K2Panels, Order
 from .render import SUPERSCRIPT, fmt_pct
-from .timing import DATA_FLOP_PER_TERM
 
 TITLES = {
     "fig1_underflow": "Underflow rate against N",
@@ -233,20 +232,26 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
 
 
 def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> K.FigureSpec:
-    """``agg``: :func:`bench.analysis.throughput` (median, min and max over models per device,
-    estimator and dtype); ``peaks``: meta.json's matmul_peak_gflops."""
+    """``agg``: :func:`bench.analysis.throughput` (GFLOP/s of decoder + data product, median,
+    min and max over models per device, estimator and dtype); ``peaks``: meta.json's
+    matmul_peak_gflops."""
     par = o.parametrization
+    fpt = agg["flop_per_term"].dropna() if "flop_per_term" in agg else pd.Series(dtype=float)
+    span = "" if fpt.empty or round(fpt.min()) == round(fpt.max()) else f" to {fpt.max():,.0f}"
+    per_term = "" if fpt.empty else f" ({fpt.min():,.0f}{span} FLOP per term at the run's B)"
     spec = K.FigureSpec("fig5_throughput", TITLES["fig5_throughput"],
-                      f"Log-likelihood terms p(x_b|z_i) evaluated per second at each dtype's largest N, "
-                      f"{par} parametrization; point: median over models (marker: estimator), whisker: "
-                      "their range. "
-                      f"Coloured tick: the same machine's n × n matrix-product rate for that dtype "
-                      f"(meta.json matmul_peak_gflops), converted to terms/s at {DATA_FLOP_PER_TERM:,} FLOP "
-                      "per term (2 × 784 for one row of the data × log-probability product); the right "
-                      "axis reads the bars the same way, in GFLOP/s of that product. The decoder network "
-                      "runs once per prior draw and is not counted, so the gap to the tick overstates "
-                      "the wasted time; it is a ceiling, not a target.")
-    if agg.empty:
+                      f"Floating-point rate of each estimator at each dtype's largest N, {par} "
+                      "parametrization: all the FLOP of an estimate, the decoder's matrix products on "
+                      "each prior draw (shared by the B digits) plus the [B, 784] × [784, N] data product"
+                      f"{per_term}, over the median time of one estimate; every estimator is credited "
+                      "with the same work, so the points compare times. Point: median over models "
+                      "(marker: estimator), whisker: their range, label: the median as a share of the "
+                      "dtype's peak. Coloured tick: the same machine's n × n matrix-product rate for "
+                      "that dtype (meta.json matmul_peak_gflops), the roofline; a point above its tick "
+                      "(float16 on a CPU without float16 arithmetic) ran the estimator's shapes faster "
+                      "than the square product. Biases, activations and the softplus are not counted: "
+                      "they are overhead against this roofline.")
+    if agg.empty or not np.isfinite(agg["gflops"]).any():
         spec.skipped = "no measured cell has a throughput."
         return spec
     devices = [v for v in o.devices if (agg["device"] == v).any()]
@@ -261,24 +266,23 @@ def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> K.FigureSpec:
             x = np.arange(len(ests)) - 0.4 + (j + 0.5) * width
             peak = (peaks.get(dev) or {}).get(dt)
             for i, e in enumerate(ests):
-                if pd.isna(g.loc[e, "terms_per_s"]):
+                if not np.isfinite(g.loc[e, "gflops"]):
                     continue
-                med, lo, hi = g.loc[e, ["terms_per_s", "min", "max"]]
+                med, lo, hi = g.loc[e, ["gflops", "gflops_min", "gflops_max"]]
                 ax.errorbar([x[i]], [med], yerr=[[med - lo], [hi - med]], fmt=K.ESTIMATOR_MARKERS.get(e, "o"),
                             ms=7, color=K.DTYPE_COLORS.get(dt, "k"), mec="k", mew=0.5, ecolor="k",
                             elinewidth=0.8, capsize=2, zorder=3)
                 if peak:
-                    ax.plot([x[i]], [peak * 1e9 / DATA_FLOP_PER_TERM], ls="none", marker="_", ms=width * 55,
+                    ax.plot([x[i]], [peak], ls="none", marker="_", ms=width * 55,
                             mew=2.6, color=K.DTYPE_COLORS.get(dt, "k"), zorder=3)
+                    ax.annotate(f"{med / peak:.0%}", (x[i], lo), xytext=(0, -6), textcoords="offset points",
+                                ha="center", va="top", fontsize=6.5, color="0.25")
         for i in range(1, len(ests)):
             ax.axvline(i - 0.5, color="0.85", lw=0.8, zorder=0)
         ax.set_xticks(np.arange(len(ests)), ests)
         ax.set(yscale="log", xlim=(-0.5, len(ests) - 0.5), title=f"device: {dev}", ylabel="")
         ax.grid(axis="x", visible=False)
-        sec = ax.secondary_yaxis("right", functions=(lambda t: t * DATA_FLOP_PER_TERM / 1e9,
-                                                     lambda g: g * 1e9 / DATA_FLOP_PER_TERM))
-        sec.set_ylabel("GFLOP/s in the data product")
-    fig.supylabel("terms per second (log scale)", fontsize=9)
+    fig.supylabel("GFLOP/s, decoder + data product (log scale)", fontsize=9)
     handles = [Line2D([], [], color=K.DTYPE_COLORS.get(t, "k"), marker="o", mec="k", mew=0.5, ms=7, ls="none",
                       label=t) for t in dts]
     handles += [Line2D([], [], color="0.3", ls="none", marker="_", ms=14, mew=2.6,

@@ -15,6 +15,8 @@ from typing import Any
 
 import torch
 
+from lvm.estimators import CHUNK
+
 
 def synchronize(device: torch.device | str) -> None:
     dev = torch.device(device)
@@ -139,7 +141,7 @@ class PeakMemory:
 # estimator multiplies. One count serves the sweep's ``flop`` column, the report's
 # fraction of peak and the throughput benchmark.
 
-LOG_SPACE_CHUNK = 2048  # log_space's default chunk of prior draws (lvm/estimators.py)
+LOG_SPACE_CHUNK = CHUNK  # log_space's default chunk of prior draws
 
 
 def decoder_widths(arch: Mapping[str, Any]) -> list[int]:
@@ -192,20 +194,27 @@ def roofline_seconds(shapes: Mapping[tuple[int, int, int], int],
     return sum(count * 2 * m * k * n / (gflops[(m, k, n)] * 1e9) for (m, k, n), count in shapes.items())
 
 
-def matmul_operands(dtype: torch.dtype, device: torch.device | str, shape: tuple[int, int, int]
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded [m, k] and [k, n] operands of a matrix product in ``dtype`` on ``device``."""
+def matmul_operands(dtype: torch.dtype, device: torch.device | str, shape: tuple[int, int, int],
+                    b_transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded [m, k] and [k, n] operands of a matrix product in ``dtype`` on ``device``;
+    ``b_transposed``: the second is the transpose of a contiguous [n, k] tensor, the layout of
+    ``x @ W.T`` in nn.Linear and of the data product ``x @ logits.T``."""
     m, k, n = shape
     g = torch.Generator().manual_seed(0)
-    return (torch.randn(m, k, generator=g).to(device=device, dtype=dtype),
-            torch.randn(k, n, generator=g).to(device=device, dtype=dtype))
+    a = torch.randn(m, k, generator=g).to(device=device, dtype=dtype)
+    if b_transposed:
+        return a, torch.randn(n, k, generator=g).to(device=device, dtype=dtype).T
+    return a, torch.randn(k, n, generator=g).to(device=device, dtype=dtype)
 
 
 def matmul_peak_gflops(dtype: torch.dtype, device: torch.device | str = "cpu",
-                       shape: tuple[int, int, int] = (512, 512, 512), runs: int = 3) -> float:
+                       shape: tuple[int, int, int] = (512, 512, 512), runs: int = 3,
+                       b_transposed: bool = False) -> float:
     """Best-of-``runs`` rate of an [m, k] @ [k, n] product: the machine's ceiling for a dtype
-    (n x n by default; pass the shape of the work it is a ceiling for)."""
-    a, b = matmul_operands(dtype, device, shape)
+    (n x n by default; pass the shape, and the layout, of the work it is a ceiling for: where
+    a dtype is emulated, as float16 and bfloat16 are on many CPUs, the layout alone can change
+    the rate many times over)."""
+    a, b = matmul_operands(dtype, device, shape, b_transposed)
     a @ b
     best = min(timed(lambda: a @ b, device)[1] for _ in range(runs))
     m, k, n = shape
@@ -216,12 +225,13 @@ def measure_roofline(arch: Mapping[str, Any], n_data: int, n_samples: int, dtype
                      device: torch.device | str = "cpu", chunk: int = LOG_SPACE_CHUNK,
                      runs: int = 5) -> tuple[float, dict[tuple[int, int, int], float]]:
     """(roofline seconds, GFLOP/s per shape) of one log_space estimate on this machine: each
-    shape of :func:`matmul_shapes` timed by :func:`matmul_peak_gflops`, in two passes over the
-    shapes keeping each one's best rate, so that the first shapes timed in a process (while
-    the clock and the BLAS warm up) do not lower the ceiling."""
+    shape of :func:`matmul_shapes` timed by :func:`matmul_peak_gflops` in the estimator's
+    layout (second operand transposed), in two passes over the shapes keeping each one's best
+    rate, so that the first shapes timed in a process (while the clock and the BLAS warm up)
+    do not lower the ceiling."""
     shapes = matmul_shapes(arch, n_data, n_samples, chunk)
     rates: dict[tuple[int, int, int], float] = {}
     for _ in range(2):
         for s in shapes:
-            rates[s] = max(rates.get(s, 0.0), matmul_peak_gflops(dtype, device, s, runs))
+            rates[s] = max(rates.get(s, 0.0), matmul_peak_gflops(dtype, device, s, runs, b_transposed=True))
     return roofline_seconds(shapes, rates), rates
