@@ -269,6 +269,8 @@ def _check_axes(data: dict, source: str) -> None:
     if run["dataset"] not in DATASETS or run["dataset"] == "synthetic":
         raise ConfigError(f"{source}: run.dataset = {run['dataset']!r} is not supported by the sweep; "
                           "accepted: mnist-5k, mnist")
+    if run["seed"] < 0:
+        raise ConfigError(f"{source}: run.seed = {run['seed']} is invalid; accepted: an integer >= 0")
     for key in ("n_data", "repeats", "reference_samples", "threads"):
         if run[key] <= 0:
             raise ConfigError(f"{source}: run.{key} = {run[key]} is invalid; accepted: a positive integer")

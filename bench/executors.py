@@ -34,6 +34,9 @@ class LocalExecutor:
     def skip_reason(device: str) -> str | None:
         return device_unavailable(device)
 
+    def check(self) -> None:
+        """Nothing to reach: cells run in this process."""
+
     def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
         from tqdm.auto import tqdm
 
@@ -97,6 +100,10 @@ class DaskExecutor:
         if self._conn is None:
             self._conn = self._client()
         return self._conn[0]
+
+    def check(self) -> None:
+        """Reach the cluster now, before the run directory is written (RunError if unreachable)."""
+        self._connect()
 
     def skip_reason(self, device: str) -> str | None:
         """GPU cells run only where a worker declares a GPU resource (``--resources GPU=1``)."""
@@ -164,5 +171,7 @@ def make_executor(name: str, scheduler: str | None = None, n_workers: int = 2):
             raise RunError(f"--scheduler {scheduler!r} needs --executor dask")
         return LocalExecutor()
     if name == "dask":
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise RunError(f"--workers {n_workers!r} is invalid; accepted: a positive integer")
         return DaskExecutor(scheduler, n_workers=n_workers)
     raise RunError(f"--executor {name!r} is not supported; accepted: local, dask")

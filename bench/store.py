@@ -80,24 +80,33 @@ class RunStore:
         return self.root / "meta.json"
 
     def exists(self) -> bool:
-        return self.meta_path.exists() or self.parts.exists()
+        """Whether the directory holds a run: meta.json, or parts/ with anything in it (an empty
+        parts/ left by an interrupt before meta.json was written holds nothing to keep)."""
+        return self.meta_path.exists() or (self.parts.is_dir() and any(self.parts.iterdir()))
 
-    def prepare(self, *, resume: bool, force: bool) -> None:
-        """Check the directory can take this run; never overwrite without --force."""
+    def check(self, *, resume: bool, force: bool) -> None:
+        """Whether the directory can take this run, writing nothing: never overwrite without --force."""
         if self.root.exists() and not self.root.is_dir():
             raise RunError(f"--out {self.root}: exists and is not a directory")
         if self.exists() and not (resume or force):
             raise RunError(f"--out {self.root}: already holds a run; use --resume to continue it "
                            "or --force to replace it (or choose another --out)")
-        if resume and not self.exists():
-            raise RunError(f"--resume: {self.root} holds no run to resume")
+        if resume and not self.meta_path.exists():
+            raise RunError(f"--resume: {self.root} holds no run to resume (no meta.json)")
+
+    def start(self, meta: dict, *, resume: bool, force: bool) -> None:
+        """Begin writing, once every check has passed: with --force remove the old run's files,
+        then meta.json first and parts/ second, so a directory with parts/ always has meta.json."""
+        self.check(resume=resume, force=force)
         if force and not resume and self.exists():
             for name in RUN_DIRS:
                 shutil.rmtree(self.root / name, ignore_errors=True)
             for f in RUN_FILES:
                 (self.root / f).unlink(missing_ok=True)
         try:
-            self.parts.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.write_meta(meta)
+            self.parts.mkdir(exist_ok=True)
         except OSError as e:
             raise RunError(f"--out {self.root}: cannot create ({e.strerror})") from e
 

@@ -55,9 +55,15 @@ def _write_figure_data(store: RunStore, ctx: Context, models: list[str]) -> None
 
 def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = False,
         progress: bool = True, cache_dir: str | None = None, executor=None) -> pd.DataFrame:
-    """Run (or resume) the sweep into ``out``; return the cells table."""
+    """Run (or resume) the sweep into ``out``; return the cells table.
+
+    Every check that can fail (the directory, the config against a resumed run, the data,
+    each model, each ground truth, the executor) runs before anything is written, so a bad
+    input leaves ``out`` as it was, a run replaced with ``force`` included.
+    """
+    t0 = time.perf_counter()
     store = RunStore(out)
-    store.prepare(resume=resume, force=force)
+    store.check(resume=resume, force=force)
     cells, excluded = config.cells()
     order = [c.key for c in cells]
     meta = {}
@@ -67,12 +73,15 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
             raise RunError(f"--resume: the config differs from the one {store.root} was started with; "
                            "resume with the same config or start a new --out")
     executor = executor or LocalExecutor()
+    ctx = Context(config, cache_dir=cache_dir)
+    for name in config.grid["model"]:  # models and ground truth first, once, before any cell is timed
+        ctx.truth(name)  # at torch's default threads, as before: cached, and the longest serial step
+    executor.check()
     reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
     done = store.done()
     skipped = [skipped_row(c, reasons[c.device], config.run) for c in cells if reasons[c.device]]
     skip_keys = {c.key for c in cells if reasons[c.device]}
     todo = [c for c in cells if c.key not in done and c.key not in skip_keys]
-    ctx = Context(config, cache_dir=cache_dir)
     meta.update({
         "config": config.to_dict(), "config_source": config.source,
         "seeds": {"root": config.run["seed"],
@@ -92,11 +101,8 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     meta.setdefault("environment", environment.describe(exclude=store.root))
     meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"], config.run["threads"]))
     meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo)})
-    store.write_meta(meta)
-    t0 = time.perf_counter()
+    store.start(meta, resume=resume, force=force)
     _write_figure_data(store, ctx, config.grid["model"])
-    for name in config.grid["model"]:  # ground truth first, once, before any cell is timed
-        ctx.truth(name)
     meta["executor"] = executor.name
     failed: list[dict] = executor.failed
     try:

@@ -161,3 +161,45 @@ def test_resume_with_another_config_is_refused(reference_run, tmp_path, capsys, 
     other.write_text(TINY.replace("seed = 3", "seed = 4"))
     assert _cli("--config", str(other), "--out", str(reference_run), "--resume", cache=cache_dir) == 2
     assert "config differs" in capsys.readouterr().err
+
+
+# ------------------------------------------------------- checks before writing (issue 13, 1-3)
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "run.n_data=5000"], "run.n_data = 5000 exceeds"),
+    (["--set", "run.seed=-1"], "run.seed = -1 is invalid"),
+    (["--set", "run.reference=quadrature", "--model", "untrained-k8"], "quadrature"),
+    (["--executor", "dask", "--workers", "0"], "--workers 0 is invalid"),
+])
+def test_bad_input_found_late_writes_nothing(args, message, tmp_path, capsys, tiny, cache_dir):
+    out = tmp_path / "x"
+    assert _cli("--config", str(tiny), *args, "--out", str(out), cache=cache_dir) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def _snapshot(run: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run)): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+
+
+def test_a_failed_force_leaves_the_old_run_intact(reference_run, tmp_path, capsys, tiny, cache_dir):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = _snapshot(run)
+    assert _cli("--config", str(tiny), "--set", "run.n_data=5000", "--out", str(run), "--force",
+                cache=cache_dir) == 2
+    assert "exceeds" in capsys.readouterr().err
+    assert _snapshot(run) == before
+
+
+def test_an_empty_parts_directory_is_no_run(tmp_path, capsys, tiny, cache_dir):
+    """An interrupt after parts/ was made and before meta.json: the directory holds nothing."""
+    out = tmp_path / "dead"
+    (out / "parts").mkdir(parents=True)
+    assert _cli("--config", str(tiny), "--out", str(out), "--resume", cache=cache_dir) == 2
+    assert "no run to resume" in capsys.readouterr().err
+    assert _cli("--config", str(tiny), "--n-samples", "1", "--dtype", "float32", "--out", str(out),
+                cache=cache_dir) == 0
+    assert json.loads((out / "meta.json").read_text())["status"] == "complete"
