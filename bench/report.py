@@ -21,8 +21,9 @@ import pandas as pd
 from . import analysis as A
 from . import figures as F
 from . import render
-from .analysis import Finding, shown
+from .analysis import shown
 from .figures import FIGURE_STEMS
+from .findings import Finding, findings
 from .plotkit import DPI, FigureSpec, save, style
 from .render import plural
 from .store import Run, RunError, atomic_write, load_run, write_text
@@ -100,7 +101,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         if not any(s.name == stem and s.figure is not None for s in specs):
             for ext in (".png", ".svg"):
                 (fig_dir / f"{stem}{ext}").unlink(missing_ok=True)
-    found = A.findings(run)
+    found = findings(run)
     summary = A.summary_table(run)
     atomic_write(tab_dir / "summary.csv", lambda f: summary.to_csv(f, index=False, float_format="%.6g"))
     disp = A.summary_display(summary)

@@ -16,7 +16,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.analysis import (
+from bench.cli import main
+from bench.figures import FIGURE_STEMS
+from bench.findings import (
     finding_log_underflow,
     finding_loglik,
     finding_nonfinite,
@@ -24,8 +26,6 @@ from bench.analysis import (
     finding_rounding,
     findings,
 )
-from bench.cli import main
-from bench.figures import FIGURE_STEMS
 from bench.render import fmt_num, fmt_pct
 from bench.report import write_report
 from bench.store import Run, RunError, load_run
@@ -272,3 +272,26 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     assert m, out.stderr[-2000:]
     widths = [int(w) for w in m.group(1).split(",")]
     assert len(widths) == len(FIGURE_STEMS) and all(w > 300 for w in widths), widths
+
+
+def test_k_findings_follow_the_cells(tiny_run, tmp_path):
+    """The findings along K read the cells at their largest N, per family, in K order."""
+    from bench.findings import finding_k_bias, finding_k_underflow
+
+    assert finding_k_underflow(load_run(tiny_run)) is None  # one K only: nothing to say along K
+    assert finding_k_bias(load_run(tiny_run)) is None
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run, run_dir, ignore=shutil.ignore_patterns("parts"))
+    cells = pd.read_csv(run_dir / "cells.csv")
+    k8 = cells.assign(model="untrained-k8", latent_dim=8, underflow_rate=0.25, mc_bias=-0.5)
+    pd.concat([k8, cells]).to_csv(run_dir / "cells.csv", index=False)
+    run = load_run(run_dir)
+    top = cells[(cells.status == "ok") & (cells.n_samples == cells.n_samples.max())
+                & (cells.parametrization == "logits")]
+    under = finding_k_underflow(run)
+    want = top[(top.estimator == "prob_space") & (top.dtype == "float32")].underflow_rate.item()
+    assert under.numbers["float32.untrained.k2"] == want and under.numbers["float32.untrained.k8"] == 0.25
+    assert under.sentence.index("at K = 2") < under.sentence.index("at K = 8")
+    bias = finding_k_bias(run)
+    want = top[(top.estimator == "log_space") & (top.dtype == "float64")].mc_bias.item()
+    assert bias.numbers == {"untrained.k2": want, "untrained.k8": -0.5}

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import analysis
+from bench import analysis, findings
 from bench.render import fmt_pct
 from bench.store import Meta, Run
 from bench.timing import decoder_flop_per_draw, estimate_flop, matmul_shapes, roofline_seconds
@@ -102,7 +102,7 @@ def test_analysis_prefers_the_column_and_fills_its_gaps():
 def test_finding_peak_counts_decoder_and_data_product():
     meta = Meta.of({"matmul_peak_gflops": {"cpu": {"float32": 100.0, "float64": 40.0}}})
     run = Run(Path("."), meta, _cells())
-    f = analysis.finding_peak(run)
+    f = findings.finding_peak(run)
     # float32's cell at its largest N (10^4) is untrained-probs-k8's, 0.1 s an estimate.
     arch = zoo.parse("untrained-probs-k8").architecture()
     gf = estimate_flop(arch, 32, 10_000) / 0.1 / 1e9
