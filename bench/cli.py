@@ -6,11 +6,16 @@ Exit codes: 0 success, 1 a regression (compare), 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
 AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-samples", "model": "model",
               "parametrization": "parametrization", "device": "device"}
+
+
+def _terminated(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -34,10 +39,12 @@ def _run(args: argparse.Namespace) -> int:
     from .executors import make_executor
 
     executor = make_executor(args.executor, args.scheduler, args.workers)
+    previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a run as Ctrl-C does
     try:
         table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
                     cache_dir=args.cache_dir, executor=executor)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         getattr(executor, "close", lambda: None)()
     failed = table[table["status"] == "failed"] if "status" in table else table.iloc[:0]
     for r in failed.to_dict("records"):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field, fields
 from functools import cached_property
 from pathlib import Path
@@ -36,6 +37,17 @@ FORMAT_VERSION = 1
 RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz", "k2.npz",
              "report.md", "report.html")
 RUN_DIRS = ("parts", "figures", "tables")
+
+
+def _alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return True
 
 
 class RunError(InputError):
@@ -94,10 +106,53 @@ class RunStore:
         if resume and not self.meta_path.exists():
             raise RunError(f"--resume: {self.root} holds no run to resume (no meta.json)")
 
+    @property
+    def lock_path(self) -> Path:
+        return self.root / ".lock"
+
+    def acquire(self) -> None:
+        """Take the directory's lock (a file holding this process's host and pid): RunError naming
+        the holder while another live process on this host holds it; a lock whose process is
+        gone (killed, crashed) is stale and taken over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.lock_path.read_text(errors="replace").split()
+                host, pid = (holder + ["?", "?"])[:2]
+                if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+                    self.lock_path.unlink(missing_ok=True)  # stale: its process is gone
+                    continue
+                raise RunError(f"--out {self.root} is in use by process {pid} on {host} (lock file "
+                               f"{self.lock_path}); wait for it to end, or stop it, then --resume") from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me + "\n")
+            return
+        raise RunError(f"--out {self.root}: could not take the lock {self.lock_path}")
+
+    def release(self) -> None:
+        """Drop the lock if this process holds it."""
+        try:
+            if self.lock_path.read_text().split()[1:2] == [str(os.getpid())]:
+                self.lock_path.unlink()
+        except (OSError, IndexError):
+            pass
+
     def start(self, meta: dict, *, resume: bool, force: bool) -> None:
-        """Begin writing, once every check has passed: with --force remove the old run's files,
-        then meta.json first and parts/ second, so a directory with parts/ always has meta.json."""
-        self.check(resume=resume, force=force)
+        """Begin writing, once every check has passed: take the lock, with --force remove the old
+        run's files, then meta.json first and parts/ second, so a directory with parts/ always
+        has meta.json. The caller releases the lock."""
+        try:
+            self.acquire()
+        except OSError as e:
+            raise RunError(f"--out {self.root}: cannot create ({e.strerror})") from e
+        try:
+            self.check(resume=resume, force=force)  # again, under the lock: another run may have begun
+        except RunError:
+            self.release()
+            raise
         if force and not resume and self.exists():
             for name in RUN_DIRS:
                 shutil.rmtree(self.root / name, ignore_errors=True)

@@ -7,6 +7,7 @@ hands the cells that are still to do to the executor.
 
 from __future__ import annotations
 
+import errno
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,6 +52,34 @@ def _write_figure_data(store: RunStore, ctx: Context, models: list[str]) -> None
         if k2 and not (store.root / "k2.npz").exists():
             arrays = {f"{m}/{k}": v for m in k2 for k, v in ctx.k2_arrays(m).items()}
             atomic_write(store.root / "k2.npz", lambda f: np.savez_compressed(f, **arrays))
+
+
+def _finish(store: RunStore, meta: dict, ctx: Context, order: list[str], skipped: list[dict],
+            skip_keys: set[str], failed: list[dict], t0: float) -> pd.DataFrame:
+    """The tables and the final meta.json of a segment, however it ended: complete, failed
+    (some cells raised) or interrupted (resume continues it)."""
+    meta["status"] = "interrupted"  # what meta.json says if writing the tables fails
+    meta["segments"][-1].update({"ended": _now(), "seconds": round(time.perf_counter() - t0, 1)})
+    try:
+        failed_rows = [{k: v for k, v in f.items() if k != "traceback"} for f in failed]
+        table = store.write_tables(order, skipped + failed_rows)
+    except BaseException:
+        store.write_meta(meta)
+        raise
+    meta["truth"] = {k: {kk: v[kk] for kk in ("method", "seconds", "meta")}
+                     | {"se_max": float(np.max(v["se"]))} for k, v in ctx.truths.items()}
+    meta.setdefault("models", {}).update(ctx.model_identity())
+    complete = store.done() >= set(order) - skip_keys
+    meta["status"] = "complete" if complete else "failed" if failed else "interrupted"
+    meta["failed_cells"] = failed
+    ran = table[table["status"] == "ok"] if "status" in table else table.iloc[:0]
+    meta["placement"] = {Cell.of(r).key: {"host": r.get("host"), "worker": r.get("worker"),
+                                          "device": r["device"]}
+                         for r in ran.to_dict("records")}
+    meta["ended"] = _now()
+    meta["wall_seconds"] = round(sum(s.get("seconds", 0) for s in meta["segments"]), 1)
+    store.write_meta(meta)
+    return table
 
 
 def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = False,
@@ -102,27 +131,29 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"], config.run["threads"]))
     meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo)})
     store.start(meta, resume=resume, force=force)
-    _write_figure_data(store, ctx, config.grid["model"])
     meta["executor"] = executor.name
     failed: list[dict] = executor.failed
+    disk_full: OSError | None = None
+    table = pd.DataFrame()
     try:
+        _write_figure_data(store, ctx, config.grid["model"])
         for key, row, raw in executor.map(ctx, todo, progress=progress):
             store.write_part(key, row, raw)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        disk_full = e
     finally:
-        failed_rows = [{k: v for k, v in f.items() if k != "traceback"} for f in failed]
-        table = store.write_tables(order, skipped + failed_rows)
-        meta["segments"][-1].update({"ended": _now(), "seconds": round(time.perf_counter() - t0, 1)})
-        meta["truth"] = {k: {kk: v[kk] for kk in ("method", "seconds", "meta")}
-                         | {"se_max": float(np.max(v["se"]))} for k, v in ctx.truths.items()}
-        meta.setdefault("models", {}).update(ctx.model_identity())
-        complete = store.done() >= set(order) - skip_keys
-        meta["status"] = "complete" if complete else "failed" if failed else "interrupted"
-        meta["failed_cells"] = failed
-        ran = table[table["status"] == "ok"] if "status" in table else table.iloc[:0]
-        meta["placement"] = {Cell.of(r).key: {"host": r.get("host"), "worker": r.get("worker"),
-                                              "device": r["device"]}
-                             for r in ran.to_dict("records")}
-        meta["ended"] = _now()
-        meta["wall_seconds"] = round(sum(s.get("seconds", 0) for s in meta["segments"]), 1)
-        store.write_meta(meta)
+        try:
+            table = _finish(store, meta, ctx, order, skipped, skip_keys, failed, t0)
+        except OSError as e:  # the disk filled up while the tables were written
+            if e.errno != errno.ENOSPC:
+                raise
+            disk_full = disk_full or e
+        finally:
+            store.release()
+    if disk_full is not None:
+        raise RunError(f"--out {store.root}: the disk is full ({disk_full.filename or 'writing a part'}); "
+                       f"finished cells are saved: free space, then continue with `lvm-bench run --resume "
+                       f"--out {store.root}`")
     return table

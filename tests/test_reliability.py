@@ -1,0 +1,103 @@
+"""The run directory under stress (issue 13): a lock per directory, SIGTERM, a full disk.
+
+Each test uses a one-dtype slice of the tiny config so that it runs in seconds.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from tiny import tiny_toml
+
+import bench.store
+from bench.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = tiny_toml(grid={"dtype": ["float32"], "estimator": ["log_space"], "device": ["cpu"]})
+SLOW = tiny_toml(run={"time_budget": 1.0}, grid={"dtype": ["float32"], "estimator": ["log_space"],
+                                                  "device": ["cpu"], "n_samples": [1, 10, 100, 1000]})
+
+
+@pytest.fixture
+def small(tmp_path) -> Path:
+    p = tmp_path / "small.toml"
+    p.write_text(SMALL)
+    return p
+
+
+def _run(*args: str, cache: str) -> int:
+    return main(["run", *args, "--cache-dir", cache, "--no-progress"])
+
+
+def _meta(out: Path) -> dict:
+    return json.loads((out / "meta.json").read_text())
+
+
+def test_a_directory_held_by_a_live_process_is_refused_and_a_stale_lock_taken_over(
+        tmp_path, capsys, small, cache_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{socket.gethostname()} {holder.pid}\n")
+        assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 2
+        assert f"in use by process {holder.pid}" in capsys.readouterr().err
+        assert not (out / "meta.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder is gone: its lock is stale, taken over, and released at the end
+    assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 0
+    assert _meta(out)["status"] == "complete" and not (out / ".lock").exists()
+
+
+def test_sigterm_ends_with_status_interrupted_and_resume_continues(tmp_path, cache_dir):
+    """SIGTERM after the first group (8 cells of at least 1 s of timing each remain)."""
+    out, small = tmp_path / "run", tmp_path / "slow.toml"
+    small.write_text(SLOW)
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--config", str(small),
+                             "--out", str(out), "--cache-dir", cache_dir, "--no-progress"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "parts").exists() and any((out / "parts").glob("*.json")):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "continue with --resume" in err and "Traceback" not in err
+    assert _meta(out)["status"] == "interrupted" and not (out / ".lock").exists()
+    assert _run("--config", str(small), "--out", str(out), "--resume", cache=cache_dir) == 0
+    assert _meta(out)["status"] == "complete"
+
+
+def test_a_full_disk_ends_with_one_line_and_status_interrupted(tmp_path, capsys, small, cache_dir,
+                                                                monkeypatch):
+    out = tmp_path / "run"
+    real = bench.store.RunStore.write_part
+    written = []
+
+    def fill_up(self, key, row, raw):
+        if len(written) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.parts / f"{key}.json"))
+        written.append(key)
+        real(self, key, row, raw)
+
+    monkeypatch.setattr(bench.store.RunStore, "write_part", fill_up)
+    assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 2
+    err = capsys.readouterr().err
+    assert "the disk is full" in err and "--resume" in err and len(err.strip().splitlines()) <= 2
+    assert _meta(out)["status"] == "interrupted" and not (out / ".lock").exists()
+    monkeypatch.setattr(bench.store.RunStore, "write_part", real)
+    assert _run("--config", str(small), "--out", str(out), "--resume", cache=cache_dir) == 0
+    assert _meta(out)["status"] == "complete"
