@@ -25,9 +25,12 @@ declared once in the metric registry (:data:`bench.metrics.METRICS`); the rules 
     differ) and executor, and only for cells whose median timed run takes at least
     ``min_time`` (shorter ones are scheduler noise).
 
-A cell measured in the baseline that *failed* in the new run is a regression (metric
-``status``); cells measured in one run only are listed, never dropped. Exit code: 0 nothing
-regressed, 1 a regression, 2 bad input (:class:`CompareError` or :class:`bench.store.RunError`).
+A cell measured in the baseline that *failed* or is absent in the new run is a regression
+(metric ``status``), and so is a judged metric that was a number in the baseline and is none
+in the new run; cells measured in one run only are listed, never dropped. A run that is not
+finished, lacks a judged metric column or has rows without cell coordinates cannot be judged
+(exit 2). Exit code: 0 nothing regressed, 1 a regression, 2 bad input (:class:`CompareError`
+or :class:`bench.store.RunError`).
 Rendering is :func:`bench.render.comparison`.
 """
 
@@ -40,12 +43,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from lvm.errors import InputError
 from lvm.numerics import dtype_facts
 
 from . import render
-from .config import Cell
+from .config import PARAM_NAMES, Cell
 from .environment import identity_mismatches
 from .metrics import JUDGED, METRICS, Metric, RawStats, raw_stats
 from .store import Run, load_run
@@ -255,9 +259,21 @@ RULES = {"wilson": _rule_wilson, "appears": _rule_appears, "se": _rule_se, "fact
 def judge_cell(cell: dict, base: dict, new: dict, *, k: float, throughput_factor: float,
                timings_judged: bool, min_time: float = 0.0,
                raw: tuple[RawStats | None, RawStats | None] = (None, None)) -> list[Change]:
-    """The verdicts on one cell's judged metrics (rows of cells.csv as dicts)."""
-    return [RULES[m.rule](cell, m.name, base, new, k=k, throughput_factor=throughput_factor,
-                          timings_judged=timings_judged, min_time=min_time, raw=raw) for m in JUDGED]
+    """The verdicts on one cell's judged metrics (rows of cells.csv as dicts). A metric that
+    was a number in the baseline and is none in the new run is a regression, whatever its rule."""
+    out = []
+    for m in JUDGED:
+        if m.rule == "factor" and not timings_judged:
+            lost = False  # timings of other hardware are not judged at all
+        else:
+            lost = math.isfinite(_f(base, m.name)) and math.isnan(_f(new, m.name))
+        if lost:
+            out.append(Change(cell, m.name, _f(base, m.name), _f(new, m.name), None, REGRESSION,
+                              "a number in the baseline, none in the new run"))
+        else:
+            out.append(RULES[m.rule](cell, m.name, base, new, k=k, throughput_factor=throughput_factor,
+                                     timings_judged=timings_judged, min_time=min_time, raw=raw))
+    return out
 
 
 # ---------------------------------------------------------------------- two runs
@@ -296,6 +312,27 @@ def _notes(base: Run, new: Run, mismatches: list[str], same_executor: bool,
     return notes
 
 
+USABLE_STATUS = ("complete", "failed")  # a run whose every cell ran (failed cells are judged as such)
+
+
+def _check_usable(run: Run, which: str) -> None:
+    """CompareError (exit 2) unless compare can judge the run: finished, its judged metric
+    columns present, every row a cell."""
+    if run.meta.status not in USABLE_STATUS:
+        raise CompareError(f"the {which} run {run.root} is {run.meta.status!r}, not complete: continue it "
+                           f"with `lvm-bench run --resume --out {run.root}` before comparing")
+    table = pd.read_csv(run.root / "cells.csv")  # as written: load_run drops rows it cannot place
+    lacking = [m.name for m in JUDGED if m.name not in table]
+    if lacking:
+        raise CompareError(f"{run.root / 'cells.csv'} lacks the judged metric column(s) "
+                           f"{', '.join(lacking)}: not a table compare can judge (rewrite it with "
+                           "`lvm-bench run --resume`)")
+    bad = table[table[list(PARAM_NAMES)].isna().any(axis=1)]
+    if len(bad):
+        raise CompareError(f"{run.root / 'cells.csv'}: {len(bad)} row(s) lack a cell coordinate (row "
+                           f"{int(bad.index[0]) + 2} of the file): a truncated or edited table")
+
+
 def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.0,
                  throughput_factor: float = 1.25, min_time: float = MIN_TIME) -> Comparison:
     """Compare two run directories (see the module docstring for the rules)."""
@@ -305,6 +342,8 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
             and throughput_factor >= 1):
         raise CompareError(f"throughput_factor={throughput_factor!r}; accepted: a number >= 1")
     base, new = load_run(baseline_dir), load_run(new_dir)
+    for run, which in ((base, "baseline"), (new, "new")):
+        _check_usable(run, which)
     base_rows, new_rows = _rows(base), _rows(new)
 
     def ok(r: dict | None) -> bool:
@@ -336,9 +375,10 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
     for c, r in base_rows.items():
         if ok(r) and not ok(new_rows.get(c)):
             nr = new_rows.get(c)
-            if nr is not None and nr.get("status") == "failed":  # it ran before and crashes now
-                rows.append(Change(c.axes(), "status", "ok", "failed", None, REGRESSION, _other(nr, "new")))
-            else:
+            if nr is None or nr.get("status") == "failed":  # measured before; absent or crashing now
+                rows.append(Change(c.axes(), "status", "ok", "absent" if nr is None else "failed", None,
+                                   REGRESSION, _other(nr, "new")))
+            if nr is None or nr.get("status") != "failed":
                 only_b.append({**c.axes(), "other": _other(nr, "new")})
     for c, r in new_rows.items():
         if ok(r) and not ok(base_rows.get(c)):

@@ -162,9 +162,9 @@ def test_cells_in_one_run_only_are_listed(runs, tmp_path, capsys):
     assert only_b == {_label(dropped): "absent from the new run",
                       _label(skipped): "skipped in the new run: CUDA is not available"}
     assert [_label(c) for c in comp.only_in_new] == [_label(dict(dropped, n_samples=12345))]
-    # a cell that ran before and fails now is a regression, not a silent drop
-    status = [r for r in comp.regressions if r.metric == "status"]
-    assert [(r.label, r.baseline, r.new) for r in status] == [(_label(failed), "ok", "failed")]
+    # a cell that ran before and fails now, or is gone, is a regression, not a silent drop
+    status = {(r.label, r.baseline, r.new) for r in comp.regressions if r.metric == "status"}
+    assert status == {(_label(failed), "ok", "failed"), (_label(dropped), "ok", "absent")}
     assert main(["compare", str(runs["base"]), str(new)]) == 1
     text = capsys.readouterr().out
     assert "ONLY IN BASELINE (2)" in text and "ONLY IN NEW (1)" in text
@@ -340,7 +340,10 @@ def test_rule_bias_k_standard_errors_of_the_difference():
     assert v.verdict == REGRESSION and v.se == pytest.approx(se)
     assert _verdicts({"bias": -0.05 - 3 * se}, k=2)["bias"].verdict == REGRESSION
     assert _verdicts({"bias": -0.05 + 4.5 * se})["bias"].verdict == IMPROVEMENT  # closer to 0
-    assert _verdicts({"bias": float("nan")})["bias"].verdict == NOT_JUDGED
+    # a number before, none now (every estimate underflowed, or a broken table): a regression
+    v = _verdicts({"bias": float("nan")})["bias"]
+    assert v.verdict == REGRESSION and "none in the new run" in v.rule
+    assert _verdicts({"bias": -0.05}, base={**BASE, "bias": float("nan")})["bias"].verdict == NOT_JUDGED
 
 
 def test_rule_rounding_error_floor_keeps_deterministic_cells_quiet():
@@ -373,3 +376,46 @@ def test_rule_throughput_factor_and_hardware():
     assert _verdicts({"terms_per_s": 1e5 / 1.3}, throughput_factor=1.5)["terms_per_s"].verdict == OK
     assert _verdicts({"terms_per_s": 1e5 / 3}, timings_judged=False)["terms_per_s"].verdict == NOT_JUDGED
     assert _verdicts({"terms_per_s": 1e5 * 1.3})["terms_per_s"].verdict == IMPROVEMENT
+
+
+# ------------------------------------------------- a gate that does not pass broken runs (issue 13, 8)
+
+def test_an_unfinished_new_run_exits_2(runs, tmp_path, capsys):
+    new = _copy(runs["base"], tmp_path / "new")
+    _edit_meta(new, lambda m: m.update(status="interrupted"))
+    assert main(["compare", str(runs["base"]), str(new)]) == 2
+    assert "'interrupted', not complete" in capsys.readouterr().err
+
+
+def test_a_table_without_its_metric_columns_exits_2(runs, tmp_path, capsys):
+    new = _copy(runs["base"], tmp_path / "new")
+    _edit_cells(new, lambda c: c.drop(columns=["bias", "underflow_rate"]))
+    assert main(["compare", str(runs["base"]), str(new)]) == 2
+    assert "lacks the judged metric column(s) underflow_rate, bias" in capsys.readouterr().err
+
+
+def test_rows_without_coordinates_exit_2(runs, tmp_path, capsys):
+    new = _copy(runs["base"], tmp_path / "new")
+    _edit_cells(new, lambda c: c.assign(n_samples=c.n_samples.where(c.index != 2)))
+    assert main(["compare", str(runs["base"]), str(new)]) == 2
+    assert "lack a cell coordinate (row 4 of the file)" in capsys.readouterr().err
+
+
+def test_metrics_that_are_no_longer_numbers_are_regressions(runs, tmp_path):
+    new = _copy(runs["base"], tmp_path / "new")
+    _edit_cells(new, lambda c: c.assign(bias="n/a", rounding_error_mean="oops"))
+    comp = compare_runs(runs["base"], new)
+    lost = {(r.label, r.metric) for r in comp.regressions}
+    ok = _ok_cells(runs["base"]).to_dict("records")
+    was_number = {(_label(r), m) for r in ok for m in ("bias", "rounding_error_mean") if math.isfinite(r[m])}
+    assert was_number and lost >= was_number
+    assert comp.exit_code == 1
+
+
+def test_a_truncated_table_fails_the_gate(runs, tmp_path):
+    new = _copy(runs["base"], tmp_path / "new")
+    _edit_cells(new, lambda c: c.iloc[:3])
+    comp = compare_runs(runs["base"], new)
+    absent = [r for r in comp.regressions if r.metric == "status" and r.new == "absent"]
+    measured_later = [r for r in _ok_cells(runs["base"]).index if r >= 3]
+    assert len(absent) == len(measured_later) > 0 and comp.exit_code == 1
