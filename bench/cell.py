@@ -94,7 +94,7 @@ class Context:
         self.config = config
         self.cache_dir = cache_dir
         run = config.run
-        self.dataset = load_data(run["dataset"], run["split"], seed=0)
+        self.dataset = load_data(run["dataset"], run["split"], seed=0, cache_dir=cache_dir)
         if run["n_data"] > len(self.dataset.x):
             raise RunError(f"run.n_data = {run['n_data']} exceeds the {len(self.dataset.x)} digits "
                            f"of {run['dataset']}/{run['split']}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
@@ -269,6 +270,9 @@ def _check_axes(data: dict, source: str) -> None:
     if run["dataset"] not in DATASETS or run["dataset"] == "synthetic":
         raise ConfigError(f"{source}: run.dataset = {run['dataset']!r} is not supported by the sweep; "
                           "accepted: mnist-5k, mnist")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run["name"]):
+        raise ConfigError(f"{source}: run.name = {run['name']!r} is invalid; accepted: letters, digits, "
+                          "'.', '_' and '-', starting with a letter or digit (it names results/<name>)")
     if run["seed"] < 0:
         raise ConfigError(f"{source}: run.seed = {run['seed']} is invalid; accepted: an integer >= 0")
     for key in ("n_data", "repeats", "reference_samples", "threads"):

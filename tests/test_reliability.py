@@ -101,3 +101,13 @@ def test_a_full_disk_ends_with_one_line_and_status_interrupted(tmp_path, capsys,
     monkeypatch.setattr(bench.store.RunStore, "write_part", real)
     assert _run("--config", str(small), "--out", str(out), "--resume", cache=cache_dir) == 0
     assert _meta(out)["status"] == "complete"
+
+
+def test_cache_dir_holds_every_cache_the_run_writes(tmp_path, small, monkeypatch):
+    """--cache-dir covers the binarized data as well as the models and the ground truth."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("LVM_CACHE_DIR", raising=False)
+    cache = tmp_path / "cache"
+    assert _run("--config", str(small), "--out", str(tmp_path / "run"), cache=str(cache)) == 0
+    assert any((cache / "binarized").iterdir()) and any((cache / "reference").iterdir())
+    assert not (tmp_path / "home").exists()

@@ -168,6 +168,7 @@ def test_resume_with_another_config_is_refused(reference_run, tmp_path, capsys, 
 @pytest.mark.parametrize("args, message", [
     (["--set", "run.n_data=5000"], "run.n_data = 5000 exceeds"),
     (["--set", "run.seed=-1"], "run.seed = -1 is invalid"),
+    (["--set", "run.name=../../escape"], "run.name = '../../escape' is invalid"),
     (["--set", "run.reference=quadrature", "--model", "untrained-k8"], "quadrature"),
     (["--executor", "dask", "--workers", "0"], "--workers 0 is invalid"),
 ])
