@@ -32,6 +32,7 @@ ESTIMATORS = {
     "log_space_acc32": {"space": "log", "form": None, "accumulate": "float32"},
 }
 PARAMETRIZATIONS = ("logits", "probs")
+MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
 DEVICES = ("cpu", "cuda", "mps")
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -255,8 +256,9 @@ def _check_axes(data: dict, source: str) -> None:
                 raise ConfigError(f"{source}: grid.{axis} value {v!r} is unknown{_suggest(str(v), options)}; "
                                   f"accepted: {', '.join(options)}")
     for n in grid["n_samples"]:
-        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
-            raise ConfigError(f"{source}: grid.n_samples value {n!r} is invalid; accepted: positive integers")
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_N_SAMPLES:
+            raise ConfigError(f"{source}: grid.n_samples value {n!r} is invalid; accepted: positive "
+                              f"integers up to {MAX_N_SAMPLES:,} (10^8 draws already take hours per cell)")
     for m in grid["model"]:
         try:
             zoo.parse(m)

@@ -127,6 +127,7 @@ def test_kill_and_resume_gives_the_same_table(reference_run, tmp_path, tiny, cac
 @pytest.mark.parametrize("args, message", [
     (["--dtype", "float8"], "grid.dtype value 'float8' is unknown"),
     (["--n-samples", "0,10"], "grid.n_samples value 0 is invalid"),
+    (["--n-samples", "1000000000000"], "grid.n_samples value 1000000000000 is invalid"),
     (["--set", "run.repeat=3"], "did you mean 'repeats'"),
     (["--set", "grid.dtypes=float32"], "did you mean 'dtype'"),
     (["--estimator", "log_spac"], "did you mean 'log_space'"),
