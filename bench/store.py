@@ -39,6 +39,9 @@ RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.
 RUN_DIRS = ("parts", "figures", "tables")
 
 
+DERIVABLE = ("flop",)  # columns older runs lack and the analysis derives (bench.analysis.cell_flop)
+
+
 def _alive(pid: int) -> bool:
     """Whether a process with this pid exists on this host."""
     try:
@@ -383,7 +386,7 @@ def load_run(path: str | os.PathLike) -> Run:
     if lacking:
         raise RunError(f"{path}: lacks the column(s) {', '.join(lacking)}; results format "
                        f"{version!r} is not one this lvm-bench reads (format {FORMAT_VERSION})")
-    absent = [c for c in NUMERIC if c not in cells]
+    absent = [c for c in NUMERIC if c not in cells and c not in DERIVABLE]
     if absent and (cells["status"] == "ok").any():
         problems.append(f"cells.csv lacks the metric column(s) {', '.join(absent)}; what needs them is "
                         "left out")
