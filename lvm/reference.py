@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,9 +212,9 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
         h.update(x.contiguous().numpy().tobytes())
         key = h.hexdigest()[:32]
         path = _cache_path(cache_dir, key)
-        if path.exists():
-            d = torch.load(path, weights_only=True)
-            return Reference(method, d["log_px"], d["se"], dict(d["meta"], cached=True))
+        cached = _load(path, len(x)) if path.exists() else None
+        if cached is not None:
+            return Reference(method, cached["log_px"], cached["se"], dict(cached["meta"], cached=True))
     if method == "quadrature":
         lp, se, meta = _quadrature(model, x, tol)
     else:
@@ -224,8 +225,44 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
     return ref
 
 
+def _digest(log_px: torch.Tensor, se: torch.Tensor) -> str:
+    """sha256 of the cached numbers: any change to them after the entry was written shows."""
+    h = hashlib.sha256(log_px.to(F64).contiguous().numpy().tobytes())
+    h.update(se.to(F64).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _load(path: Path, n: int) -> dict | None:
+    """A cache entry, validated: None (a miss, recomputed and rewritten) with a warning when it
+    cannot be read, lacks a key, has the wrong length, holds NaN or a negative standard error,
+    or no longer matches the digest written with it."""
+    try:
+        d = torch.load(path, weights_only=True)
+        problem = _invalid(d, n)
+    except Exception as e:  # noqa: BLE001 - any unreadable entry is a cache miss
+        problem = f"unreadable ({type(e).__name__}: {e})"
+    if problem is None:
+        return d
+    warnings.warn(f"ground-truth cache entry {path} is {problem}: recomputing it", stacklevel=3)
+    return None
+
+
+def _invalid(d: dict, n: int) -> str | None:
+    """What is wrong with a loaded cache entry, or None."""
+    lp, se, _ = d["log_px"], d["se"], d["meta"]
+    if not (isinstance(lp, torch.Tensor) and isinstance(se, torch.Tensor) and lp.shape == se.shape == (n,)):
+        return f"not two tensors of the data's length {n}"
+    if bool(torch.isnan(lp).any()) or not bool((se >= 0).all()):
+        return "NaN or a negative standard error"
+    if d.get("sha256") != _digest(lp, se):
+        return "changed since it was written (digest mismatch)"
+    return None
+
+
 def _save(path: Path, obj: dict) -> None:
-    """Atomic write; a cache that cannot be written is skipped, never half-written."""
+    """Atomic write, with the digest :func:`_load` checks; a cache that cannot be written is
+    skipped, never half-written."""
+    obj = dict(obj, sha256=_digest(obj["log_px"], obj["se"]))
     try:
         atomic_write(path, lambda f: torch.save(obj, f))
     except OSError:

@@ -4,6 +4,7 @@ against the exact linear-Gaussian log p(x), caching, and argument errors."""
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 import torch
@@ -89,3 +90,45 @@ def test_bad_arguments_are_named(lg10, part2):
     nan[1, 3] = math.nan
     with pytest.raises(ValueError, match=r"x contains NaN"):
         lvm.log_marginal(part2, nan, cache=False)
+
+
+# ------------------------------------------------- a damaged cache entry is a miss (issue 13, item 5)
+
+def _corrupt_bytes(path):
+    path.write_bytes(os.urandom(300))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+def _edit(change):
+    def apply(path):
+        d = torch.load(path, weights_only=True)
+        change(d)
+        torch.save(d, path)
+    return apply
+
+
+@pytest.mark.parametrize("damage", [
+    _corrupt_bytes, _truncate, _empty,
+    _edit(lambda d: d.pop("log_px")),
+    _edit(lambda d: d.update(log_px=d["log_px"][:-1], se=d["se"][:-1])),
+    _edit(lambda d: d.update(log_px=torch.full_like(d["log_px"], float("nan")))),
+    _edit(lambda d: d.update(log_px=d["log_px"] + 5)),  # plausible numbers, but not the ones written
+], ids=["random-bytes", "truncated", "empty", "missing-key", "wrong-length", "all-nan", "shifted"])
+def test_a_damaged_truth_cache_entry_is_recomputed_with_a_warning(damage, tmp_path):
+    model = lvm.BernoulliLVM(lvm.seed_decoder(3, hidden=16, layers=1, output="logits"), 3)
+    x = model.sample_x(3, torch.Generator().manual_seed(0))
+    kw = {"method": "importance", "n_samples": 300, "cache_dir": tmp_path}
+    first = lvm.log_marginal(model, x, **kw)
+    (entry,) = (tmp_path / "reference").glob("*.pt")
+    damage(entry)
+    with pytest.warns(UserWarning, match="recomputing"):
+        again = lvm.log_marginal(model, x, **kw)
+    assert torch.equal(again.log_px, first.log_px) and not again.meta.get("cached")
+    assert lvm.log_marginal(model, x, **kw).meta.get("cached")  # rewritten, valid again
