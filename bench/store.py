@@ -14,6 +14,8 @@ Layout of ``results/<run>/``::
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -39,6 +41,7 @@ RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.
 RUN_DIRS = ("parts", "figures", "tables")
 
 
+PART_KEY = "_part"  # a part's own record: its raw file's row count and sha256 (not a cells.csv column)
 DERIVABLE = ("flop",)  # columns older runs lack and the analysis derives (bench.analysis.cell_flop)
 
 
@@ -89,6 +92,7 @@ class RunStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.parts = self.root / "parts"
+        self.rejected: list[tuple[str, str]] = []  # (cell key, why) of damaged parts done() removed
 
     @property
     def meta_path(self) -> Path:
@@ -178,20 +182,48 @@ class RunStore:
         write_json(self.meta_path, {"format_version": FORMAT_VERSION, **meta})
 
     def done(self) -> set[str]:
-        """Keys of the finished cells (both files of a part present)."""
+        """Keys of the finished cells: both files of a part present and intact. A part that is
+        damaged (unreadable JSON, a raw file that does not match the checksum and row count
+        recorded with it) is removed, so the cell runs again; ``rejected`` says which and why."""
         if not self.parts.exists():
             return set()
-        return {p.name.removesuffix(".json") for p in self.parts.glob("*.json")
+        keys = {p.name.removesuffix(".json") for p in self.parts.glob("*.json")
                 if (self.parts / (p.name.removesuffix(".json") + ".raw.csv.gz")).exists()}
+        for key in sorted(keys):
+            why = self._part_problem(key)
+            if why is not None:
+                self.rejected.append((key, why))
+                for f in (f"{key}.json", f"{key}.raw.csv.gz"):
+                    (self.parts / f).unlink(missing_ok=True)
+                keys.discard(key)
+        return keys
+
+    def _part_problem(self, key: str) -> str | None:
+        """What is wrong with a part, or None."""
+        jpath, rpath = self.parts / f"{key}.json", self.parts / f"{key}.raw.csv.gz"
+        try:
+            row = json.loads(jpath.read_text())
+            check = row[PART_KEY]
+            data = rpath.read_bytes()
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            return f"{jpath.name} is unreadable or lacks its {PART_KEY!r} record ({type(e).__name__})"
+        if hashlib.sha256(data).hexdigest() != check.get("raw_sha256"):
+            return f"{rpath.name} does not match the checksum recorded in {jpath.name}"
+        return None
 
     def write_part(self, key: str, row: dict, raw: pd.DataFrame) -> None:
-        """Save one finished cell: the raw rows first, then the summary that marks it done."""
-        atomic_write(self.parts / f"{key}.raw.csv.gz",
-                     lambda f: raw.to_csv(f, index=False, compression={"method": "gzip", "mtime": 0}))
-        write_json(self.parts / f"{key}.json", row, sort_keys=False)  # keeps column order
+        """Save one finished cell: the raw rows first, then the summary that marks it done, with
+        the raw file's row count and sha256 so that resume can tell an intact part."""
+        buf = io.BytesIO()
+        raw.to_csv(buf, index=False, compression={"method": "gzip", "mtime": 0})
+        data = buf.getvalue()
+        atomic_write(self.parts / f"{key}.raw.csv.gz", lambda f: f.write(data))
+        check = {"raw_rows": len(raw), "raw_sha256": hashlib.sha256(data).hexdigest()}
+        write_json(self.parts / f"{key}.json", {**row, PART_KEY: check}, sort_keys=False)  # column order
 
     def read_part(self, key: str) -> tuple[dict, pd.DataFrame]:
         row = _read_json(self.parts / f"{key}.json")
+        row.pop(PART_KEY, None)
         return row, pd.read_csv(self.parts / f"{key}.raw.csv.gz")
 
     def write_tables(self, order: list[str], skipped: list[dict] | None = None) -> pd.DataFrame:

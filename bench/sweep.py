@@ -8,6 +8,7 @@ hands the cells that are still to do to the executor.
 from __future__ import annotations
 
 import errno
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,6 +109,8 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     executor.check()
     reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
     done = store.done()
+    for key, why in store.rejected:
+        print(f"lvm-bench run: the part of {key} is damaged ({why}); it runs again", file=sys.stderr)
     skipped = [skipped_row(c, reasons[c.device], config.run) for c in cells if reasons[c.device]]
     skip_keys = {c.key for c in cells if reasons[c.device]}
     todo = [c for c in cells if c.key not in done and c.key not in skip_keys]
@@ -129,7 +132,8 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     meta.setdefault("started", _now())
     meta.setdefault("environment", environment.describe(exclude=store.root))
     meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"], config.run["threads"]))
-    meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo)})
+    meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo),
+                                            "parts_rejected": dict(store.rejected)})
     store.start(meta, resume=resume, force=force)
     meta["executor"] = executor.name
     failed: list[dict] = executor.failed

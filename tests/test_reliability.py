@@ -111,3 +111,34 @@ def test_cache_dir_holds_every_cache_the_run_writes(tmp_path, small, monkeypatch
     assert _run("--config", str(small), "--out", str(tmp_path / "run"), cache=str(cache)) == 0
     assert any((cache / "binarized").iterdir()) and any((cache / "reference").iterdir())
     assert not (tmp_path / "home").exists()
+
+
+def test_resume_reruns_damaged_parts_and_names_them(tmp_path, capsys, small, cache_dir):
+    import gzip
+
+    import pandas as pd
+
+    from bench.metrics import TIMING_COLUMNS
+
+    out = tmp_path / "run"
+    assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 0
+    before = pd.read_csv(out / "cells.csv")
+    keys = sorted(p.name.removesuffix(".json") for p in (out / "parts").glob("*.json"))
+    truncated, cut_json, short = keys[:3]
+    raw = out / "parts" / f"{truncated}.raw.csv.gz"
+    raw.write_bytes(raw.read_bytes()[:40])
+    js = out / "parts" / f"{cut_json}.json"
+    js.write_text(js.read_text()[:50])
+    raw = out / "parts" / f"{short}.raw.csv.gz"  # still valid gzip, 5 rows fewer
+    lines = gzip.decompress(raw.read_bytes()).decode().splitlines(keepends=True)
+    raw.write_bytes(gzip.compress("".join(lines[:-5]).encode()))
+    capsys.readouterr()
+    assert _run("--config", str(small), "--out", str(out), "--resume", cache=cache_dir) == 0
+    err = capsys.readouterr().err
+    for key in (truncated, cut_json, short):
+        assert f"the part of {key} is damaged" in err
+    meta = _meta(out)
+    assert meta["status"] == "complete" and meta["segments"][-1]["cells_todo"] == 3
+    drop = [c for c in TIMING_COLUMNS if c in before]
+    after = pd.read_csv(out / "cells.csv").drop(columns=drop)
+    pd.testing.assert_frame_equal(after, before.drop(columns=drop))
