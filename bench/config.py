@@ -159,9 +159,12 @@ def _read(name_or_path: str) -> tuple[dict, str]:
         source = f"builtin:{name_or_path}"
     else:
         try:
-            text = path.read_text()
+            text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise ConfigError(f"--config {name_or_path!r}: cannot read ({e.strerror})") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"--config {name_or_path!r}: not a text file (byte {e.start} is not "
+                              "UTF-8); accepted: a TOML file") from e
         source = str(path)
     try:
         return tomllib.loads(text), source

@@ -26,6 +26,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.util
+import math
 import os
 import urllib.request
 import warnings
@@ -123,7 +124,7 @@ def _parse_idx(data: bytes, path: Path) -> np.ndarray:
         raise InputError(f"{path}: IDX header with ndim={ndim} needs {header} bytes, "
                          f"found {len(data)}")
     shape = tuple(int(d) for d in np.frombuffer(data, ">u4", ndim, 4))
-    expected = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    expected = header + math.prod(shape) * dtype.itemsize  # Python ints: a 2^31-sided header cannot overflow
     if len(data) != expected:
         what = "truncated" if len(data) < expected else "trailing garbage"
         raise InputError(f"{path}: IDX shape {shape} of {dtype.str[1:]} needs {expected} "

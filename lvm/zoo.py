@@ -197,6 +197,9 @@ def train_models(names: Sequence[str] | None = None, *, out_dir: str | os.PathLi
     paths written; prints one summary line per model to stderr.
     """
     names = list(names) if names else [n for n in globals()["names"]() if is_trained(n)]
+    if out_dir is not None and Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"out_dir={str(out_dir)!r} is an existing file; accepted: a directory "
+                         "(it is created if missing)")
     recipes = []
     for n in names:
         rec = recipe(n)  # InputError for unknown or untrained names

@@ -39,3 +39,34 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(bench.cli, "_models", buggy)
     with pytest.raises(ValueError, match="a bug deep inside"):
         main(["models"])
+
+
+# ------------------------------------------------ messages that name the file (issue 13, item 12)
+
+def test_a_binary_config_is_named_not_a_traceback(tmp_path, capsys):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(bytes(range(256)))
+    assert main(["run", "--config", str(bad), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert f"--config '{bad}': not a text file" in err and not (tmp_path / "o").exists()
+
+
+def test_train_into_an_existing_file_fails_before_training(tmp_path, capsys, monkeypatch):
+    from lvm import train
+
+    monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("trained before checking --out"))
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert main(["train", "prior-iwae-k3", "--out", str(target), "--no-progress"]) == 2
+    assert "is an existing file" in capsys.readouterr().err and target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("text", ["", "a,b\n1,2,3,4\n5\n", "\x00\x01garbage\xff"])
+def test_compare_on_a_broken_cells_table_exits_2_naming_it(tiny_run, tmp_path, capsys, text):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("parts"))
+    (run / "cells.csv").write_bytes(text.encode("latin-1"))
+    assert main(["compare", str(tiny_run), str(run)]) == 2
+    assert str(run / "cells.csv") in capsys.readouterr().err

@@ -357,3 +357,11 @@ def test_synthetic_bad_inputs():
         data.load("synthetic", "train", model=FakeModel())
     with pytest.raises(ValueError, match="0/1"):
         data.load("synthetic", "train", model=lambda n, g: torch.full((n, 3), 0.5), n=4)
+
+
+def test_read_idx_with_an_absurd_header_names_the_file(tmp_path):
+    """A header claiming 2^31 x 2^31 x 2^31 values: no overflow, the file named."""
+    path = tmp_path / "huge.idx"
+    path.write_bytes(bytes([0, 0, 0x08, 3]) + np.array([2**31] * 3, ">u4").tobytes() + b"\x00" * 16)
+    with pytest.raises(InputError, match=r"huge\.idx: IDX shape \(2147483648, 2147483648, 2147483648\)"):
+        data.read_idx(path)
