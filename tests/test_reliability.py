@@ -142,3 +142,16 @@ def test_resume_reruns_damaged_parts_and_names_them(tmp_path, capsys, small, cac
     drop = [c for c in TIMING_COLUMNS if c in before]
     after = pd.read_csv(out / "cells.csv").drop(columns=drop)
     pd.testing.assert_frame_equal(after, before.drop(columns=drop))
+
+
+def test_two_writers_started_together_one_runs_the_other_exits_2(tmp_path, small, cache_dir):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--config", str(small), "--out", str(out),
+           "--cache-dir", cache_dir, "--no-progress"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    results = sorted((p.wait(timeout=300), p.stderr.read()) for p in procs)
+    (ok, _), (refused, err) = results
+    assert (ok, refused) == (0, 2), results
+    assert "in use by process" in err or "already holds a run" in err
+    assert _meta(out)["status"] == "complete" and not (out / ".lock").exists()
