@@ -172,8 +172,12 @@ def test_resume_with_another_config_is_refused(reference_run, tmp_path, capsys, 
     (["--set", "run.name=../../escape"], "run.name = '../../escape' is invalid"),
     (["--set", "run.reference=quadrature", "--model", "untrained-k8"], "quadrature"),
     (["--executor", "dask", "--workers", "0"], "--workers 0 is invalid"),
+    (["--set", "run.split=validation"], "unsupported split 'validation'"),
+    (["--dataset", "mnist"], "MNIST test split: missing"),
+    (["--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"], "cannot connect"),
 ])
-def test_bad_input_found_late_writes_nothing(args, message, tmp_path, capsys, tiny, cache_dir):
+def test_bad_input_found_late_writes_nothing(args, message, tmp_path, capsys, tiny, cache_dir, monkeypatch):
+    monkeypatch.setenv("LVM_DATA_DIR", str(tmp_path / "no-mnist-here"))
     out = tmp_path / "x"
     assert _cli("--config", str(tiny), *args, "--out", str(out), cache=cache_dir) == 2
     assert message in capsys.readouterr().err
