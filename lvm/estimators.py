@@ -20,13 +20,12 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from . import rng
-from .errors import InputError
-from .model import check_data, std_normal_log_prob
-from .numerics import LogSumExpState, dtype_name, parse_dtype
+from .errors import InputError, check_int
+from .model import check_data, check_log_likelihood, check_model, std_normal_log_prob
+from .numerics import LogSumExpState, as_tensor, dtype_name, parse_dtype
 from .runtime import check_device
 
 BLOCK = 4096  # draws per seeded block: fixed, so results never depend on chunk_size
@@ -68,7 +67,7 @@ class Draws:
     """
 
     def __init__(self, model, n: int, seed: int, proposal=None):
-        self.model, self.n, self.seed, self.proposal = model, n, seed, proposal
+        self.model, self.n, self.seed, self.proposal = model, n, check_int("seed", seed), proposal
         self._cache: tuple[int, torch.Tensor, torch.Tensor | None] | None = None
 
     def _block(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -106,23 +105,23 @@ def draw(model, n_samples: int, *, seed: int = 0, proposal=None) -> torch.Tensor
 
 
 def _validate(model, x, n_samples, dtype, device, chunk_size):
+    check_model(model)
     dt = parse_dtype(dtype)
     dev = check_device(device)
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples <= 0:
-        raise InputError(f"n_samples={n_samples!r} is invalid; accepted: a positive integer")
-    if chunk_size is not None and (not isinstance(chunk_size, (int, np.integer)) or chunk_size <= 0):
-        raise InputError(f"chunk_size={chunk_size!r} is invalid; accepted: None or a positive integer")
+    n = check_int("n_samples", n_samples, minimum=1)
+    check_int("chunk_size", chunk_size, minimum=1, none=True)
     data_dim = getattr(model, "data_dim", None)
-    if data_dim is not None:
-        x = check_data(x, data_dim, binary=hasattr(model, "decoder"))
-    return x.to(dev), int(n_samples), dt, dev
+    x = as_tensor(x, "x") if data_dim is None else check_data(x, data_dim, binary=hasattr(model, "decoder"))
+    return x.to(dev), n, dt, dev
 
 
 def _log_terms(model, x, z, corr, dtype, device) -> torch.Tensor:
-    """log p(x_b|z) (+ log p(z) - log q(z|x_b)) as [B, c] in dtype."""
+    """log p(x_b|z) (+ log p(z) - log q(z|x_b)) as [B, c] in dtype, its shape checked."""
     if corr is None:
-        return model.log_likelihood(x, z.to(device), dtype)
-    rows = [model.log_likelihood(x[b:b + 1], z[b].to(device), dtype)[0] for b in range(len(x))]
+        return check_log_likelihood(model, model.log_likelihood(x, z.to(device), dtype), len(x), len(z))
+    c = z.shape[1]
+    rows = [check_log_likelihood(model, model.log_likelihood(x[b:b + 1], z[b].to(device), dtype), 1, c)[0]
+            for b in range(len(x))]
     return torch.stack(rows) + corr.to(device=device, dtype=dtype)
 
 

@@ -3,7 +3,8 @@
 The estimators need only the protocol below, so users can bring their own
 model. ``log_likelihood`` returns a [B, N] matrix of log p(x_b | z_n) computed
 in the working dtype, with the data-by-sample product done as one matrix
-multiply (no [B, N, D] tensor on the fast path).
+multiply (no [B, N, D] tensor on the fast path). The estimators check that
+shape on every call (:func:`check_log_likelihood`).
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import copy
 import hashlib
 import math
+import reprlib
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import nn
 from torch.distributions.utils import clamp_probs
 
-from .errors import InputError
-from .numerics import parse_dtype
+from .errors import InputError, check_int
+from .numerics import as_tensor, parse_dtype
 
 OUTPUTS = ("logits", "probs")
 
@@ -61,14 +63,46 @@ class LatentVariableModel(Protocol):
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor,
                        dtype: torch.dtype) -> torch.Tensor:
-        """log p(x_b | z_n) as a [B, N] tensor computed in ``dtype``."""
+        """log p(x_b | z_n) as a [B, N] tensor computed in ``dtype``.
+
+        Rows are datapoints, columns draws. Any other shape is an InputError
+        from the estimators, except the transpose [N, B] when B == N: a shape
+        cannot tell it apart, and the estimates are then silently wrong.
+        """
         ...
+
+
+PROTOCOL = ("latent_dim", "sample_prior", "log_likelihood")  # what LatentVariableModel asks for
+
+
+def check_model(model: object) -> LatentVariableModel:
+    """``model`` if it has the :class:`LatentVariableModel` attributes; InputError naming what it lacks."""
+    lacks = [a for a in PROTOCOL
+             if not hasattr(model, a) or a != "latent_dim" and not callable(getattr(model, a))]
+    if lacks:
+        raise InputError(f"model={reprlib.repr(model)} (a {type(model).__name__}) lacks {', '.join(lacks)}; "
+                         "accepted: a model with latent_dim, sample_prior(n, generator) and "
+                         "log_likelihood(x, z, dtype) (the lvm.LatentVariableModel protocol)")
+    return model  # type: ignore[return-value]
+
+
+def check_log_likelihood(model: object, ll: object, B: int, N: int) -> torch.Tensor:
+    """``ll``, what ``model.log_likelihood`` returned for B datapoints and N draws, if it is [B, N].
+
+    A [B], [N] or [N, B] (B != N) result would broadcast into silently wrong
+    estimates, so it is an InputError; an [N, B] result with B == N cannot be told apart.
+    """
+    if not isinstance(ll, torch.Tensor) or ll.shape != (B, N):
+        got = f"shape {list(ll.shape)}" if isinstance(ll, torch.Tensor) else f"a {type(ll).__name__}"
+        raise InputError(f"{type(model).__name__}.log_likelihood(x, z, dtype) returned {got} for {B} "
+                         f"datapoints and {N} draws; accepted: a tensor of shape [B, N] = [{B}, {N}], "
+                         "log p(x_b | z_n) with a row per datapoint")
+    return ll
 
 
 def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.Tensor:
     """Validate a data batch: shape [B, D] (or [D]), finite, and 0/1 when ``binary``."""
-    if not isinstance(x, torch.Tensor):
-        x = torch.as_tensor(x)
+    x = as_tensor(x, "x")
     if x.dim() == 1:
         x = x[None]
     if x.dim() != 2 or x.shape[1] != data_dim:
@@ -78,6 +112,9 @@ def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.
     xf = x.to(torch.float64)
     if torch.isnan(xf).any():
         raise InputError(f"x contains NaN ({int(torch.isnan(xf).sum())} values); accepted: finite values")
+    if torch.isinf(xf).any():
+        raise InputError(f"x contains infinity ({int(torch.isinf(xf).sum())} values); "
+                         "accepted: finite values")
     if binary and not ((xf == 0) | (xf == 1)).all():
         bad = xf[(xf != 0) & (xf != 1)][:3].tolist()
         raise InputError(f"x is not binary (values such as {bad}); accepted: 0 and 1 only")
@@ -119,8 +156,11 @@ class BernoulliLVM:
                  data_dim: int = 784):
         if output not in OUTPUTS:
             raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
-        if not isinstance(latent_dim, int) or latent_dim <= 0:
-            raise InputError(f"latent_dim={latent_dim!r} is invalid; accepted: a positive integer")
+        if not isinstance(decoder, nn.Module):
+            raise InputError(f"decoder={reprlib.repr(decoder)} (a {type(decoder).__name__}) is invalid; "
+                             "accepted: a torch.nn.Module mapping [N, latent_dim] to [N, data_dim]")
+        latent_dim = check_int("latent_dim", latent_dim, minimum=1)
+        data_dim = check_int("data_dim", data_dim, minimum=1)
         self.decoder = decoder
         self.latent_dim = latent_dim
         self.output = output

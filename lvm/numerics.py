@@ -8,8 +8,10 @@ unit roundoff (the spacing of the working arithmetic).
 from __future__ import annotations
 
 import math
+import reprlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import InputError
@@ -32,6 +34,31 @@ def parse_dtype(dtype: str | torch.dtype, *, argument: str = "dtype") -> torch.d
         if key in DTYPES:
             return DTYPES[key]
     raise InputError(f"{argument}={dtype!r} is not supported; accepted: {', '.join(DTYPES)}")
+
+
+def as_tensor(value: object, argument: str) -> torch.Tensor:
+    """``value`` as a tensor (a tensor as it is; a list, tuple or numpy array of numbers converted
+    by ``torch.as_tensor``); InputError naming the argument and its type otherwise."""
+    if isinstance(value, torch.Tensor):
+        return value
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise InputError(f"{argument}={reprlib.repr(value)} (a {type(value).__name__}) is invalid; "
+                         "accepted: a tensor or array-like of numbers") from e
+
+
+def _reduction_input(a: object, dim: object) -> tuple[torch.Tensor, int]:
+    """``a`` as a tensor of at least one dimension (a 0-d input is a one-term sum, as in scipy)
+    and ``dim`` checked against it: out of range is an InputError, never wrapped."""
+    a = as_tensor(a, "a")
+    if a.dim() == 0:
+        a = a.reshape(1)
+    n = a.dim()
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or not -n <= dim < n:
+        raise InputError(f"dim={dim!r} is invalid for a {n}-d input; "
+                         f"accepted: an integer from {-n} to {n - 1}")
+    return a, int(dim) % n
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -86,7 +113,8 @@ class LogSumExpState:
         self.nan = torch.zeros(shape, dtype=torch.bool, device=device)
 
     def update(self, a: torch.Tensor, dim: int = -1) -> LogSumExpState:
-        """Fold a chunk in, reducing over ``dim``."""
+        """Fold a chunk in, reducing over ``dim`` (a 0-d chunk is one term, as in :func:`logsumexp`)."""
+        a, dim = _reduction_input(a, dim)
         a = a.to(self.dtype)
         if a.shape[dim] == 0:
             return self
@@ -131,18 +159,20 @@ class LogSumExpState:
         return torch.where(self.nan, math.nan, out)
 
 
-def logsumexp(a: torch.Tensor, dim: int = -1, *,
+def logsumexp(a: torch.Tensor | list | tuple, dim: int = -1, *,
               accumulate_dtype: torch.dtype | None = None) -> torch.Tensor:
     """log(sum(exp(a))) along ``dim`` with scipy.special.logsumexp's special values.
 
     Empty -> -inf, all -inf -> -inf, any +inf -> +inf, any NaN -> NaN. With
     ``accumulate_dtype`` the exponentials and their sum are formed in that dtype
     (the remedy for float16 overflow past 65,504); the result is returned in it.
+    ``a`` may be a list, tuple or numpy array; bool and integer input is promoted
+    to torch's default float dtype, as torch.logsumexp does.
     """
-    acc = accumulate_dtype or a.dtype
-    if a.dim() == 0:
-        a = a.reshape(1)  # a scalar is a one-term sum, as in scipy
-    dim = dim % a.dim()
+    a, dim = _reduction_input(a, dim)
+    if a.is_complex():
+        raise InputError(f"a has dtype {dtype_name(a.dtype)}; accepted: real numbers")
+    acc = accumulate_dtype or (a.dtype if a.is_floating_point() else torch.get_default_dtype())
     shape = tuple(s for i, s in enumerate(a.shape) if i != dim)
     state = LogSumExpState(shape, dtype=acc, device=a.device)
     return state.update(a, dim).result()

@@ -22,9 +22,10 @@ from pathlib import Path
 import torch
 
 from ._io import atomic_write, cache_root
-from .errors import InputError
+from .errors import InputError, check_int
 from .estimators import log_space
-from .model import check_data, std_normal_log_prob
+from .model import check_data, check_log_likelihood, check_model, std_normal_log_prob
+from .numerics import as_tensor
 
 CACHE_VERSION = 2  # bump when an algorithm changes, so stale cached truths are not reused
 METHODS = ("auto", "exact", "quadrature", "importance")
@@ -183,6 +184,17 @@ def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
                                     "converged": float(err_t.max()) < tol}
 
 
+def _probe(model, x: torch.Tensor) -> None:
+    """One log-likelihood call, x[0] against two draws z = 0, before any computation: a wrong
+    shape, or NaN (NaN weights), is an InputError here rather than a LinAlgError or
+    IndexError deep inside the fit or the quadrature."""
+    with torch.no_grad():
+        ll = model.log_likelihood(x[:1], torch.zeros(2, model.latent_dim, dtype=F64), F64)
+    if torch.isnan(check_log_likelihood(model, ll, 1, 2)).any():
+        raise InputError(f"model (a {type(model).__name__}) gives log_likelihood NaN at z = 0 for x[0] "
+                         "(NaN weights?); accepted: a model whose log-likelihood is a number or -inf")
+
+
 def _cache_path(cache_dir, key: str) -> Path:
     return cache_root(cache_dir) / "reference" / f"{key}.pt"
 
@@ -193,9 +205,12 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
     """Ground-truth log p(x) per datapoint (float64) with a standard error."""
     if method not in METHODS:
         raise InputError(f"method={method!r} is not supported; accepted: {', '.join(METHODS)}")
+    check_model(model)
+    seed = check_int("seed", seed)
     if getattr(model, "data_dim", None):
         x = check_data(x, model.data_dim, binary=hasattr(model, "decoder"))
-    x = x.to(F64)
+    x = as_tensor(x, "x").to(F64)
+    _probe(model, x)
     if method == "auto":
         method = ("exact" if hasattr(model, "exact_log_marginal")
                   else "quadrature" if model.latent_dim <= 2 else "importance")

@@ -14,7 +14,9 @@ largest |mean - exact| / SE = 1.83 (K = 10), float32 and float64 agreeing to 1e-
 from __future__ import annotations
 
 import math
+import re
 
+import numpy as np
 import pytest
 import scipy.stats
 import torch
@@ -22,6 +24,7 @@ from torch import nn
 
 import lvm
 from lvm.numerics import dtype_facts
+from lvm.reference import MixtureProposal
 
 N_ACC = 100_000
 REPEATS = 10
@@ -335,3 +338,74 @@ def test_ess_is_zero_when_every_term_underflows_and_n_when_all_equal(dtype):
         assert under.underflowed.all() and (under.ess == 0).all()
     equal = lvm.log_space(const, x, 50, dtype=dtype)
     assert torch.allclose(equal.ess, torch.full((3,), 50.0, dtype=torch.float64), rtol=1e-3)
+
+
+# ------------------------------------------------------ API input gaps (issue 13, item 14)
+
+@pytest.mark.parametrize("name", BOTH)
+def test_a_bool_chunk_size_is_refused(part2, name):
+    with pytest.raises(lvm.InputError, match=r"chunk_size=True is invalid; accepted: None or a positive"):
+        _call(name, part2, torch.zeros(2, 784), chunk_size=True)
+
+
+@pytest.mark.parametrize("name", BOTH)
+@pytest.mark.parametrize("seed", [1.7, "abc", None, -1, True])
+def test_a_seed_that_is_not_a_non_negative_integer_is_refused(part2, name, seed):
+    with pytest.raises(lvm.InputError, match=rf"seed={seed!r} is invalid; accepted: a non-negative integer"):
+        _call(name, part2, torch.zeros(2, 784), seed=seed)
+    with pytest.raises(lvm.InputError, match=r"seed="):
+        lvm.draw(part2, 4, seed=seed)
+    # numpy integers are integers: the same draws as the Python int
+    assert torch.equal(_call(name, part2, torch.zeros(2, 784), seed=np.int64(3)).log_px,
+                       _call(name, part2, torch.zeros(2, 784), seed=3).log_px)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_x_that_is_not_numbers_and_a_model_that_is_not_one_are_named(part2, name):
+    with pytest.raises(lvm.InputError, match=r"x='abc' \(a str\) is invalid; accepted: a tensor or array"):
+        _call(name, part2, "abc")
+    with pytest.raises(lvm.InputError, match=r"x='abc' \(a str\)"):
+        _call(name, EqualTerms(), "abc", **({"form": "exp"} if name == "prob_space" else {}))  # no data_dim
+    for model in (None, object()):
+        with pytest.raises(lvm.InputError, match=r"model=.* lacks latent_dim, sample_prior, log_likelihood; "
+                                                 r"accepted: a model with latent_dim, sample_prior"):
+            _call(name, model, torch.zeros(2, 784))
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_infinite_gaussian_data_is_refused(lg2, name):
+    x = torch.zeros(2, 784)
+    x[1, 7] = math.inf
+    with pytest.raises(lvm.InputError, match=r"x contains infinity \(1 values\); accepted: finite values"):
+        _call(name, lg2, x)
+
+
+class Shaped(EqualTerms):
+    """EqualTerms whose log_likelihood returns its [B, N] result reshaped by ``f``."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def log_likelihood(self, x, z, dtype):
+        return self.f(super().log_likelihood(x, z, dtype))
+
+
+@pytest.mark.parametrize("f, got", [
+    (lambda a: a[:, 0], "[3]"),  # [B]
+    (lambda a: a[0], "[8]"),  # [chunk]
+    (lambda a: a.T, "[8, 3]"),  # [chunk, B], chunk != B
+])
+def test_a_log_likelihood_of_the_wrong_shape_is_named(f, got):
+    x = torch.zeros(3, 2)
+    for kw in (dict(), dict(form="exp")):
+        run = lvm.prob_space if kw else lvm.log_space
+        with pytest.raises(lvm.InputError, match=rf"Shaped\.log_likelihood\(x, z, dtype\) returned shape "
+                                                 rf"{re.escape(got)} for 3 datapoints and 8 draws; "
+                                                 r"accepted: a tensor of shape \[B, N\] = \[3, 8\]"):
+            run(Shaped(f), x, 8, dtype="float32", **kw)
+    # per-datapoint proposal draws: each call is one datapoint, [1, chunk] expected
+    prop = MixtureProposal(torch.zeros(3, 1, dtype=F64), torch.ones(3, 1, 1, dtype=F64))
+    with pytest.raises(lvm.InputError, match=r"returned shape \[8\] for 1 datapoints and 8 draws"):
+        lvm.log_space(Shaped(lambda a: a[0]), x, 8, dtype="float64", proposal=prop)
+    assert torch.equal(lvm.log_space(Shaped(lambda a: a), x, 8, dtype="float64", proposal=prop).log_px,
+                       lvm.log_space(EqualTerms(), x, 8, dtype="float64", proposal=prop).log_px)

@@ -233,3 +233,31 @@ def test_seed_decoder_and_linear_gaussian_name_bad_arguments():
         lvm.LinearGaussianLVM(torch.ones(4, 2), torch.zeros(4), 0.0)
     with pytest.raises(ValueError, match=r"W has shape \(4, 2\) and b \(3,\)"):
         lvm.LinearGaussianLVM(torch.ones(4, 2), torch.zeros(3), 1.0)
+
+
+# ------------------------------------------------------ API input gaps (issue 13, item 14)
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(latent_dim=True), r"latent_dim=True is invalid; accepted: a positive integer"),
+    (dict(latent_dim=2.0), r"latent_dim=2\.0 is invalid; accepted: a positive integer"),
+    (dict(data_dim=True), r"data_dim=True is invalid; accepted: a positive integer"),
+])
+def test_bernoulli_refuses_a_bool_or_float_dimension(kwargs, match):
+    with pytest.raises(lvm.InputError, match=match):
+        lvm.BernoulliLVM(**(dict(decoder=lvm.seed_decoder(2), latent_dim=2) | kwargs))
+
+
+@pytest.mark.parametrize("decoder", [None, "decoder", lambda z: z])
+def test_bernoulli_refuses_a_decoder_that_is_not_a_module(decoder):
+    with pytest.raises(lvm.InputError, match=r"decoder=.* is invalid; accepted: a torch\.nn\.Module"):
+        lvm.BernoulliLVM(decoder, 2)
+
+
+def test_check_data_refuses_infinity_and_non_numbers():
+    from lvm.model import check_data
+    for inf in (math.inf, -math.inf):
+        with pytest.raises(lvm.InputError, match=r"x contains infinity \(1 values\); accepted: finite"):
+            check_data(torch.tensor([[0.0, inf]]), 2, binary=False)
+    with pytest.raises(lvm.InputError, match=r"x='ab' \(a str\) is invalid; accepted: a tensor or array"):
+        check_data("ab", 2)
+    assert check_data([[0.5, 1.5]], 2, binary=False).shape == (1, 2)  # array-likes still convert

@@ -241,3 +241,35 @@ def test_float16_equal_terms_overflow_like_torch_and_accumulate_dtype_fixes_it()
     # Half as many terms still fit: the overflow is the count, not a float16 defect of the code.
     half = lvm.logsumexp(z[:32_768])
     assert abs(half.item() - math.log(32_768)) <= 2 * u16 * math.log(32_768)
+
+
+# ------------------------------------------------------ API input gaps (issue 13, item 14)
+
+@pytest.mark.parametrize("shape, dim", [((3,), 1), ((3,), -2), ((2, 3), 2), ((), 1), ((2, 3), 1.0)])
+def test_out_of_range_dim_is_named_not_wrapped(shape, dim):
+    a = torch.zeros(shape)
+    with pytest.raises(lvm.InputError, match=rf"dim={dim!r} is invalid for a {max(len(shape), 1)}-d input; "
+                                             r"accepted: an integer from -"):
+        lvm.logsumexp(a, dim=dim)
+    with pytest.raises(lvm.InputError, match=rf"dim={dim!r} is invalid"):
+        LogSumExpState(shape[:1], dtype=torch.float64).update(a, dim)
+
+
+def test_bool_int_and_array_like_input_are_promoted_as_scipy_does():
+    want = math.log(1 + math.e)  # log(e^1 + e^0)
+    for a in ([True, False], torch.tensor([True, False]), (1, 0), np.array([1, 0]), torch.tensor([1, 0])):
+        got = lvm.logsumexp(a)
+        assert got.dtype.is_floating_point
+        assert got.item() == pytest.approx(want, rel=1e-6)
+        assert got.item() == pytest.approx(float(scipy.special.logsumexp(np.asarray(a, dtype=float))))
+    assert lvm.logsumexp([[0.0, 1.0]], dim=1).dtype == torch.float32  # torch's default dtype
+    assert lvm.logsumexp(np.array([0.0, 1.0])).dtype == torch.float64  # numpy's dtype is kept
+    with pytest.raises(lvm.InputError, match=r"a='ab' \(a str\) is invalid; accepted: a tensor or array"):
+        lvm.logsumexp("ab")
+
+
+def test_state_update_accepts_a_0d_chunk_like_logsumexp():
+    s = LogSumExpState((), dtype=torch.float64)
+    s.update(torch.tensor(1.0, dtype=torch.float64)).update(torch.tensor(0.0, dtype=torch.float64))
+    assert s.result().item() == lvm.logsumexp(torch.tensor([1.0, 0.0], dtype=torch.float64)).item()
+    assert lvm.logsumexp(torch.tensor(2.5, dtype=torch.float64)).item() == 2.5

@@ -132,3 +132,40 @@ def test_a_damaged_truth_cache_entry_is_recomputed_with_a_warning(damage, tmp_pa
         again = lvm.log_marginal(model, x, **kw)
     assert torch.equal(again.log_px, first.log_px) and not again.meta.get("cached")
     assert lvm.log_marginal(model, x, **kw).meta.get("cached")  # rewritten, valid again
+
+
+# ------------------------------------------------------ API input gaps (issue 13, item 14)
+
+def test_bad_model_seed_and_data_are_named_before_any_computation(part2, lg2):
+    x = torch.zeros(2, 784)
+    for model in (None, object()):
+        with pytest.raises(lvm.InputError, match=r"model=.* lacks latent_dim, sample_prior, log_likelihood"):
+            lvm.log_marginal(model, x, cache=False)
+    for seed in (1.7, "abc", None, True, -1):
+        with pytest.raises(lvm.InputError, match=rf"seed={seed!r} is invalid; accepted: a non-negative"):
+            lvm.log_marginal(part2, x, "importance", seed=seed, cache=False)
+    inf = x.clone()
+    inf[0, 0] = math.inf
+    with pytest.raises(lvm.InputError, match=r"x contains infinity \(1 values\)"):
+        lvm.log_marginal(lg2, inf)
+
+
+@pytest.mark.parametrize("method", ["auto", "quadrature", "importance"])
+def test_a_decoder_with_nan_weights_is_named_not_a_linalg_error(method):
+    dec = lvm.seed_decoder(2)
+    with torch.no_grad():
+        dec[0].weight[0, 0] = math.nan
+    model = lvm.BernoulliLVM(dec, 2, "probs")
+    with pytest.raises(lvm.InputError, match=r"model \(a BernoulliLVM\) gives log_likelihood NaN"):
+        lvm.log_marginal(model, torch.zeros(2, 784), method, cache=False)
+
+
+def test_a_log_likelihood_of_the_wrong_shape_is_named_by_the_reference(lg2):
+    class Rows(lvm.LinearGaussianLVM):  # returns [B]: one value per datapoint
+        def log_likelihood(self, x, z, dtype):
+            return super().log_likelihood(x, z, dtype)[:, 0]
+
+    model = Rows(lg2.W, lg2.b, lg2.sigma)
+    with pytest.raises(lvm.InputError, match=r"Rows\.log_likelihood\(x, z, dtype\) returned shape \[1\] "
+                                             r"for 1 datapoints and 2 draws"):
+        lvm.log_marginal(model, torch.zeros(1, 784), "quadrature", cache=False)
