@@ -157,20 +157,19 @@ class RunStore:
             raise RunError(f"--out {self.root}: cannot create ({e.strerror})") from e
         try:
             self.check(resume=resume, force=force)  # again, under the lock: another run may have begun
-        except RunError:
-            self.release()
-            raise
-        if force and not resume and self.exists():
-            for name in RUN_DIRS:
-                shutil.rmtree(self.root / name, ignore_errors=True)
-            for f in RUN_FILES:
-                (self.root / f).unlink(missing_ok=True)
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            if force and not resume and self.exists():
+                for name in RUN_DIRS:
+                    shutil.rmtree(self.root / name, ignore_errors=True)
+                for f in RUN_FILES:
+                    (self.root / f).unlink(missing_ok=True)
             self.write_meta(meta)
             self.parts.mkdir(exist_ok=True)
-        except OSError as e:
-            raise RunError(f"--out {self.root}: cannot create ({e.strerror})") from e
+        except OSError as e:  # a full disk included: nothing half-written, the lock released
+            self.release()
+            raise RunError(f"--out {self.root}: cannot write ({e.strerror})") from e
+        except BaseException:
+            self.release()
+            raise
 
     def read_meta(self) -> dict:
         if not self.meta_path.exists():

@@ -155,3 +155,14 @@ def test_two_writers_started_together_one_runs_the_other_exits_2(tmp_path, small
     assert (ok, refused) == (0, 2), results
     assert "in use by process" in err or "already holds a run" in err
     assert _meta(out)["status"] == "complete" and not (out / ".lock").exists()
+
+
+def test_no_space_for_meta_json_exits_2_and_leaves_no_lock(tmp_path, capsys, small, cache_dir, monkeypatch):
+    def full(self, meta):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.meta_path))
+
+    monkeypatch.setattr(bench.store.RunStore, "write_meta", full)
+    out = tmp_path / "run"
+    assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (out / ".lock").exists() and not (out / "meta.json").exists() and not (out / "parts").exists()
