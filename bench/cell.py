@@ -90,9 +90,10 @@ def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: floa
 class Context:
     """Per-process caches: data, models, ground truth and float64 replays."""
 
-    def __init__(self, config: Config, cache_dir: str | None = None):
+    def __init__(self, config: Config, cache_dir: str | None = None, *, progress: bool = False):
         self.config = config
         self.cache_dir = cache_dir
+        self.progress = progress  # a training bar when a trained model is first built
         run = config.run
         self.dataset = load_data(run["dataset"], run["split"], seed=0, cache_dir=cache_dir)
         if run["n_data"] > len(self.dataset.x):
@@ -106,7 +107,7 @@ class Context:
     def model(self, name: str, parametrization: str) -> lvm.BernoulliLVM:
         key = (name, parametrization)
         if key not in self._models:
-            base = zoo.get(name, cache_dir=self.cache_dir)
+            base = zoo.get(name, cache_dir=self.cache_dir, progress=self.progress)
             self._models[key] = base.with_output(parametrization)
         return self._models[key]
 

@@ -103,7 +103,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
             raise RunError(f"--resume: the config differs from the one {store.root} was started with; "
                            "resume with the same config or start a new --out")
     executor = executor or LocalExecutor()
-    ctx = Context(config, cache_dir=cache_dir)
+    ctx = Context(config, cache_dir=cache_dir, progress=progress)
     for name in config.grid["model"]:  # models and ground truth first, once, before any cell is timed
         ctx.truth(name)  # at torch's default threads, as before: cached, and the longest serial step
     executor.check()

@@ -166,3 +166,14 @@ def test_no_space_for_meta_json_exits_2_and_leaves_no_lock(tmp_path, capsys, sma
     assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert not (out / ".lock").exists() and not (out / "meta.json").exists() and not (out / "parts").exists()
+
+
+def test_no_progress_reaches_the_training_of_a_model(tmp_path, small, cache_dir, monkeypatch):
+    """--no-progress silences the training bar too (it flooded a long run's log)."""
+    from lvm import zoo
+
+    seen = []
+    real = zoo.get
+    monkeypatch.setattr(zoo, "get", lambda name, **kw: seen.append(kw.get("progress")) or real(name, **kw))
+    assert _run("--config", str(small), "--out", str(tmp_path / "run"), cache=cache_dir) == 0
+    assert seen and all(p is False for p in seen)  # passed, and off
