@@ -92,7 +92,7 @@ class RunStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.parts = self.root / "parts"
-        self.rejected: list[tuple[str, str]] = []  # (cell key, why) of damaged parts done() removed
+        self.rejected: list[tuple[str, str]] = []  # (cell key, why) of the damaged parts done() last found
 
     @property
     def meta_path(self) -> Path:
@@ -181,9 +181,11 @@ class RunStore:
         write_json(self.meta_path, {"format_version": FORMAT_VERSION, **meta})
 
     def done(self) -> set[str]:
-        """Keys of the finished cells: both files of a part present and intact. A part that is
-        damaged (unreadable JSON, a raw file that does not match the checksum and row count
-        recorded with it) is removed, so the cell runs again; ``rejected`` says which and why."""
+        """Keys of the finished cells: both files of a part present and intact. A damaged part
+        (unreadable JSON, a raw file that does not match the checksum recorded with it) is not
+        done, so its cell runs again and overwrites it; ``rejected`` says which and why. Reads
+        only: it runs before the lock is taken."""
+        self.rejected = []
         if not self.parts.exists():
             return set()
         keys = {p.name.removesuffix(".json") for p in self.parts.glob("*.json")
@@ -192,8 +194,6 @@ class RunStore:
             why = self._part_problem(key)
             if why is not None:
                 self.rejected.append((key, why))
-                for f in (f"{key}.json", f"{key}.raw.csv.gz"):
-                    (self.parts / f).unlink(missing_ok=True)
                 keys.discard(key)
         return keys
 
