@@ -104,9 +104,9 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
                            "resume with the same config or start a new --out")
     executor = executor or LocalExecutor()
     ctx = Context(config, cache_dir=cache_dir, progress=progress)
+    executor.check()  # before the ground truth, which can take minutes
     for name in config.grid["model"]:  # models and ground truth first, once, before any cell is timed
         ctx.truth(name)  # at torch's default threads, as before: cached, and the longest serial step
-    executor.check()
     reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
     done = store.done()
     for key, why in store.rejected:
