@@ -29,6 +29,7 @@ from lvm.estimators import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.rng import entropy
 from lvm.runtime import set_torch_threads
+from lvm.shared import estimate as estimate_spec
 from lvm.shared import evaluate
 
 from .config import ESTIMATORS, PARAM_NAMES, PARAMETRIZATIONS, Cell, Config
@@ -49,12 +50,8 @@ def draw_seed(root: int, model: str, n_samples: int, repeat: int) -> int:
 
 def estimate(model, x, cell: Cell, seed: int, n_samples: int | None = None) -> lvm.Estimate:
     """Run the cell's estimator once, as a user calls it, with the given draw seed (and N)."""
-    info = ESTIMATORS[cell.estimator]
-    kw = {"dtype": cell.dtype, "device": cell.device, "seed": seed}
-    n = n_samples or cell.n_samples
-    if info["space"] == "prob":
-        return lvm.prob_space(model, x, n, form=info["form"], **kw)
-    return lvm.log_space(model, x, n, accumulate_dtype=info["accumulate"], **kw)
+    return estimate_spec(model, x, n_samples or cell.n_samples, ESTIMATORS[cell.estimator],
+                         dtype=cell.dtype, device=cell.device, seed=seed)
 
 
 @dataclass

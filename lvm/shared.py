@@ -38,10 +38,9 @@ from .numerics import parse_dtype
 SPACES = ("log", "prob")
 
 
-def _check_spec(name: str, spec: Mapping) -> None:
+def _check_spec(argument: str, spec: Mapping) -> None:
     if spec.get("space") not in SPACES:
-        raise InputError(f"estimators[{name!r}]['space'] = {spec.get('space')!r}; accepted: "
-                         f"{', '.join(SPACES)}")
+        raise InputError(f"{argument}['space'] = {spec.get('space')!r}; accepted: {', '.join(SPACES)}")
 
 
 def _form(spec: Mapping) -> str | None:
@@ -49,8 +48,10 @@ def _form(spec: Mapping) -> str | None:
     return (spec.get("form") or "product") if spec["space"] == "prob" else None
 
 
-def _alone(model, x, n, spec: Mapping, **kw) -> Estimate:
-    """One estimator on its own: what :func:`evaluate` must reproduce."""
+def estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
+    """One estimator by its spec, on its own, as a user calls it: what :func:`evaluate`
+    reproduces. ``kw``: the estimator's keywords (dtype, device, seed, ...)."""
+    _check_spec("spec", spec)
     if spec["space"] == "prob":
         return prob_space(model, x, n, form=_form(spec), **kw)
     return log_space(model, x, n, accumulate_dtype=spec.get("accumulate"), **kw)
@@ -69,46 +70,44 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     ``with_output`` (not a BernoulliLVM) is evaluated estimator by estimator.
     """
     for name, spec in estimators.items():
-        _check_spec(name, spec)
+        _check_spec(f"estimators[{name!r}]", spec)
     own = getattr(model, "output", None)
     outputs = tuple(outputs or (own,))
     if not hasattr(model, "with_output"):
         if outputs != (own,):
             raise InputError(f"outputs={outputs!r}: this model has no other parametrization; "
                              f"accepted: ({own!r},)")
-        return {(name, own): _alone(model, x, n_samples, spec, dtype=dtype, device=device, seed=seed)
+        return {(name, own): estimate(model, x, n_samples, spec, dtype=dtype, device=device, seed=seed)
                 for name, spec in estimators.items()}
     for o in outputs:
         model.with_output(o)  # an InputError here names an output the model cannot give
     net = model.with_output("logits")  # the network up to its output
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, None)
     B = len(x)
-    streamed: dict[tuple[str, str], _LogSum | _ProbSum] = {}
-    for o in outputs:
+    streamed: dict[str, dict[str, _LogSum | _ProbSum]] = {o: {} for o in outputs}  # output -> name -> sum
+    for sums in streamed.values():
         first: _LogSum | None = None  # log sums of one output see the same terms: one set of diagnostics
         for name, spec in estimators.items():
             if spec["space"] == "log":
                 acc = parse_dtype(spec["accumulate"], argument="accumulate") if spec.get("accumulate") else dt
-                streamed[(name, o)] = _LogSum(B, dt, acc, dev, diag=first.diag if first else None)
-                first = first or streamed[(name, o)]
+                sums[name] = _LogSum(B, dt, acc, dev, diag=first.diag if first else None)
+                first = first or sums[name]
             elif _form(spec) == "exp":
-                streamed[(name, o)] = _ProbSum(B, dt, dev, "exp")
-    if streamed:
+                sums[name] = _ProbSum(B, dt, dev, "exp")
+    if any(streamed.values()):
         xd = x.to(dtype=dt)
         for z, _ in Draws(model, n, seed).chunks(CHUNK):
             logits = net.decode(z.to(dev), dt)
-            for o in outputs:
+            for o, sums in streamed.items():
                 ll = bernoulli_log_likelihood(xd, logits if o == "logits" else torch.sigmoid(logits), o)
-                terms = None
-                for (_, oo), acc in streamed.items():
-                    if oo != o:
-                        continue
+                terms = None  # exp(ll), made once for the probability-space sums of this output
+                for acc in sums.values():
                     if isinstance(acc, _LogSum):
                         acc.add(ll)
                     else:
                         terms = torch.exp(ll) if terms is None else terms
                         acc.add(terms)
-    out = {key: acc.result(n, seed) for key, acc in streamed.items()}
+    out = {(name, o): acc.result(n, seed) for o, sums in streamed.items() for name, acc in sums.items()}
     products = [name for name, spec in estimators.items() if _form(spec) == "product"]
     if products:
         acc = _ProbSum(B, dt, dev, "product")

@@ -15,16 +15,14 @@ import lvm
 from bench.cell import draw_seed, estimate
 from bench.config import ESTIMATORS, Cell
 from lvm.estimators import CHUNK
+from lvm.shared import estimate as estimate_alone
 from lvm.shared import evaluate
 
 FIELDS = ("log_px", "n_zero_terms", "n_nonfinite_terms", "ess")
 
 
 def _alone(model, x, n, name, dtype, seed):
-    spec = ESTIMATORS[name]
-    if spec["space"] == "prob":
-        return lvm.prob_space(model, x, n, dtype=dtype, seed=seed, form=spec["form"])
-    return lvm.log_space(model, x, n, dtype=dtype, seed=seed, accumulate_dtype=spec["accumulate"])
+    return estimate_alone(model, x, n, ESTIMATORS[name], dtype=dtype, seed=seed)
 
 
 def _same(a: lvm.Estimate, b: lvm.Estimate) -> bool:
