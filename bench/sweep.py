@@ -108,8 +108,8 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     for name in config.grid["model"]:  # models and ground truth first, once, before any cell is timed
         ctx.truth(name)  # at torch's default threads, as before: cached, and the longest serial step
     reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
-    done = store.done()
-    for key, why in store.rejected:
+    done = store.done() if resume else set()  # --force replaces the old parts: none of them counts
+    for key, why in store.rejected if resume else ():
         print(f"lvm-bench run: the part of {key} is damaged ({why}); it runs again", file=sys.stderr)
     skipped = [skipped_row(c, reasons[c.device], config.run) for c in cells if reasons[c.device]]
     skip_keys = {c.key for c in cells if reasons[c.device]}

@@ -200,6 +200,23 @@ def test_a_failed_force_leaves_the_old_run_intact(reference_run, tmp_path, capsy
     assert _snapshot(run) == before
 
 
+def test_force_over_a_finished_run_measures_every_cell_again(reference_run, tmp_path, tiny, cache_dir):
+    """--force replaces the run: the old parts must not count as done (they once did, and the
+    replacement came out empty)."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    assert _cli("--config", str(tiny), "--n-samples", "1", "--out", str(run), "--force", cache=cache_dir) == 0
+    cells = pd.read_csv(run / "cells.csv")
+    assert len(cells) > 0 and (cells.status != "failed").all()
+    assert set(cells.n_samples) == {1}
+    assert len(list((run / "parts").glob("*.json"))) == (cells.status == "ok").sum()
+    old = pd.read_csv(reference_run / "cells.csv")
+    pd.testing.assert_frame_equal(_numbers(cells).reset_index(drop=True),
+                       _numbers(old[old.n_samples == 1]).reset_index(drop=True), check_dtype=False)
+
+
 def test_an_empty_parts_directory_is_no_run(tmp_path, capsys, tiny, cache_dir):
     """An interrupt after parts/ was made and before meta.json: the directory holds nothing."""
     out = tmp_path / "dead"
