@@ -18,6 +18,7 @@ from .cell import Context, failed_row, groups, run_group
 from .config import Cell, Config
 from .store import RunError
 
+SPAWN_ENV = "distributed.nanny.pre-spawn-environ"
 INSTALL_HINT = ("--executor dask needs the optional extra: pip install 'lvm-bench[dask]' "
                 "(dask and distributed)")
 
@@ -131,9 +132,16 @@ class DaskExecutor:
                 return Client(self.scheduler, timeout="20s"), None
             except OSError as e:
                 raise RunError(f"--scheduler {self.scheduler!r}: cannot connect ({e})") from e
-        # one task thread per worker process: one timed cell at a time per worker
-        cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
-                               host="127.0.0.1", dashboard_address=None)
+        import dask
+
+        # One task thread per worker process: one timed cell at a time per worker. dask's
+        # default MALLOC_TRIM_THRESHOLD_=65536 for workers makes glibc hand every freed
+        # multi-megabyte tensor back to the OS and fault it in again on the next chunk: it
+        # slowed the decoder passes by half and more. Unset here unless the user's environment
+        # sets it; workers of an outside cluster need the same (see the README).
+        with dask.config.set({f"{SPAWN_ENV}.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
+                                   host="127.0.0.1", dashboard_address=None)
         return Client(cluster), cluster
 
     def map(self, ctx: Context, cells: list[Cell], *, progress: bool = True):
@@ -147,10 +155,12 @@ class DaskExecutor:
             data = cfg.to_dict()  # one copy for all cells
             for group in groups(cells):
                 c = group[0]
+                # the longest groups (largest N) first, so no worker is left with one at the end
                 resources = {"GPU": 1} if c.device in ("cuda", "mps") else None
                 f = client.submit(remote_group, data, cfg.source, [dataclasses.astuple(g) for g in group],
                                   ctx.cache_dir, key=f"group-{c.model}-{c.device}-{c.n_samples}-{c.key}",
-                                  pure=False, retries=self.retries, resources=resources)
+                                  pure=False, retries=self.retries, resources=resources,
+                                  priority=c.n_samples)
                 futures[f] = group
             bar = tqdm(total=len(cells), desc="cells", unit="cell", disable=not progress)
             for f in as_completed(futures):
