@@ -23,8 +23,8 @@ import pandas as pd
 import torch
 
 import lvm
-from lvm import zoo
-from lvm.data import load as load_data
+from lvm import sources, zoo
+from lvm.errors import InputError
 from lvm.estimators import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.rng import entropy
@@ -32,7 +32,7 @@ from lvm.runtime import set_torch_threads
 from lvm.shared import estimate as estimate_spec
 from lvm.shared import evaluate
 
-from .config import ESTIMATORS, PARAM_NAMES, PARAMETRIZATIONS, Cell, Config
+from .config import PARAM_NAMES, PARAMETRIZATIONS, Cell, Config, estimator_spec
 from .metrics import summarize
 from .store import RunError
 from .timing import Measurement, PeakMemory, autorange, estimate_flop, timed
@@ -50,7 +50,7 @@ def draw_seed(root: int, model: str, n_samples: int, repeat: int) -> int:
 
 def estimate(model, x, cell: Cell, seed: int, n_samples: int | None = None) -> lvm.Estimate:
     """Run the cell's estimator once, as a user calls it, with the given draw seed (and N)."""
-    return estimate_spec(model, x, n_samples or cell.n_samples, ESTIMATORS[cell.estimator],
+    return estimate_spec(model, x, n_samples or cell.n_samples, estimator_spec(cell.estimator),
                          dtype=cell.dtype, device=cell.device, seed=seed)
 
 
@@ -80,7 +80,10 @@ def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: floa
         _, first = timed(lambda: estimate(model, x, cell, seed), dev)
     times = autorange(lambda: estimate(model, x, cell, seed), dev, budget=budget, max_runs=MAX_RUNS,
                       first=first)
-    flop = estimate_flop(zoo.parse(cell.model).architecture(), len(x), cell.n_samples)
+    try:
+        flop = float(estimate_flop(zoo.parse(cell.model).architecture(), len(x), cell.n_samples))
+    except InputError:  # an outside model: its network is not described, so its FLOP are unknown
+        flop = float("nan")
     return Timing(times, peak.peak, flop, cell.model)
 
 
@@ -92,28 +95,81 @@ class Context:
         self.cache_dir = cache_dir
         self.progress = progress  # a training bar when a trained model is first built
         run = config.run
-        self.dataset = load_data(run["dataset"], run["split"], seed=0, cache_dir=cache_dir)
+        self.dataset = sources.load_dataset(run["dataset"], run["split"], cache_dir=cache_dir)
         if run["n_data"] > len(self.dataset.x):
             raise RunError(f"run.n_data = {run['n_data']} exceeds the {len(self.dataset.x)} digits "
                            f"of {run['dataset']}/{run['split']}")
         self.x = self.dataset.x[: run["n_data"]]
-        self._models: dict[tuple[str, str], lvm.BernoulliLVM] = {}
+        self._models: dict[tuple[str, str], lvm.LatentVariableModel] = {}
         self.truths: dict[str, dict] = {}
         self._timings: dict[tuple, Timing] = {}
 
-    def model(self, name: str, parametrization: str) -> lvm.BernoulliLVM:
+    def model(self, name: str, parametrization: str) -> lvm.LatentVariableModel:
+        """The model labelled ``name`` (a zoo name or an outside spec's label) in that
+        likelihood parametrization; a model object without ``with_output`` has only its own."""
         key = (name, parametrization)
         if key not in self._models:
-            base = zoo.get(name, cache_dir=self.cache_dir, progress=self.progress)
-            self._models[key] = base.with_output(parametrization)
+            base = self._models.get((name, None))
+            if base is None:
+                base = sources.load_model(self.config.models[name], cache_dir=self.cache_dir,
+                                          progress=self.progress)
+                if hasattr(base, "data_dim") and base.data_dim != self.x.shape[1]:
+                    raise RunError(f"model {name!r} has data_dim {base.data_dim}, but "
+                                   f"{self.config.run['dataset']} has {self.x.shape[1]} pixels per datapoint; "
+                                   "accepted: a model and data of the same dimension")
+                self._models[(name, None)] = base
+            self._models[key] = base.with_output(parametrization) if hasattr(base, "with_output") else base
         return self._models[key]
+
+    def exact(self, name: str) -> lvm.LatentVariableModel:
+        """The model the ground truth and the figures use: its logits view where it has one
+        (the exact likelihood, no clamped probabilities), else the model as given."""
+        self.model(name, self.config.grid["parametrization"][0])
+        base = self._models[(name, None)]
+        try:
+            return self.model(name, "logits")
+        except InputError:
+            return base
+
+    def probe_estimators(self) -> None:
+        """Call each outside estimator once (2 digits, 2 draws, float64, on the CPU), so that
+        one that raises or returns the wrong shape is an InputError before anything is written."""
+        model = self.exact(next(iter(self.config.models)))
+        for e in self.config.grid["estimator"]:
+            spec = estimator_spec(e)
+            if spec["space"] == "outside":
+                try:
+                    estimate_spec(model, self.x[:2], 2, spec, dtype="float64", device="cpu", seed=0)
+                except InputError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - the user's estimator failed: bad input
+                    raise InputError(f"estimator {e!r} raised {type(err).__name__} on 2 digits and 2 draws: "
+                                     f"{err}") from err
+
+    def unavailable(self) -> dict[tuple[str, str], str]:
+        """{(model, parametrization): why} for likelihoods a model cannot give: a model object
+        without ``with_output`` is measured under the grid's first parametrization only."""
+        out = {}
+        params = self.config.grid["parametrization"]
+        for name in self.config.models:
+            base = self.model(name, params[0])
+            for p in params[1:]:
+                if not hasattr(base, "with_output"):
+                    out[(name, p)] = (f"model {name!r} has its own log_likelihood only (no with_output): "
+                                      f"measured under parametrization {params[0]!r}")
+                    continue
+                try:
+                    self.model(name, p)
+                except InputError as e:
+                    out[(name, p)] = f"model {name!r} cannot give {p}: {e}"
+        return out
 
     def truth(self, name: str) -> dict:
         """Ground truth for the model's exact (logits) likelihood, cached on disk too."""
         if name not in self.truths:
             run = self.config.run
             t0 = time.perf_counter()
-            ref = lvm.log_marginal(self.model(name, "logits"), self.x, run["reference"],
+            ref = lvm.log_marginal(self.exact(name), self.x, run["reference"],
                                    n_samples=run["reference_samples"], seed=run["seed"],
                                    cache_dir=self.cache_dir)
             self.truths[name] = {"log_px": ref.log_px.numpy(), "se": ref.se.numpy(),
@@ -124,7 +180,9 @@ class Context:
     def architecture(self, name: str, parametrization: str) -> str:
         """What decides an estimator's speed besides its own axes: the network's shape, not its weights."""
         m = self.model(name, parametrization)
-        return f"K={m.latent_dim} D={m.data_dim} {m.output} {m.decoder}"
+        net = getattr(m, "decoder", None)
+        what = repr(net) if net is not None else f"{type(m).__module__}.{type(m).__qualname__}"
+        return f"K={m.latent_dim} D={getattr(m, 'data_dim', '?')} {getattr(m, 'output', '')} {what}"
 
     def timing(self, cell: Cell, seed: int) -> Timing:
         """The cell's timing, measured once per (estimator, dtype, N, architecture, device):
@@ -139,14 +197,14 @@ class Context:
 
     def figure_draws(self, name: str) -> torch.Tensor:
         """The prior draws behind Figures 4 and 7 (the same for both)."""
-        m = self.model(name, "logits")
+        m = self.exact(name)
         seed = draw_seed(self.config.run["seed"], name, LOGLIK_SAMPLES, FIGURE_REPEAT)
         return m.sample_prior(LOGLIK_SAMPLES, torch.Generator().manual_seed(seed))
 
     @torch.no_grad()
     def loglik_sample(self, name: str) -> pd.DataFrame:
         """float64 log p(x_b|z_i) for the figure draws, per digit: what Figure 4 plots."""
-        m = self.model(name, "logits")
+        m = self.exact(name)
         ll = m.log_likelihood(self.x, self.figure_draws(name), torch.float64).numpy()
         B, n = ll.shape
         return pd.DataFrame({"model": name, "datapoint": np.repeat(np.arange(B), n),
@@ -161,7 +219,7 @@ class Context:
         (relative to its maximum, clipped at K2_CLIP nats) of half-width ``extent``; ``draws``: the
         figure draws z_i; ``hit``: whether exp(log p(x|z_i)) computed in float32 is non-zero.
         """
-        model = self.model(name, "logits")
+        model = self.exact(name)
         x = self.x[:1]
         lim = K2_SPAN + 0.5
         ticks = torch.linspace(-lim, lim, K2_POSTERIOR_POINTS, dtype=torch.float64)
@@ -176,7 +234,14 @@ class Context:
                 "draws": z.numpy(), "hit": hit.numpy()}
 
     def model_identity(self) -> dict:
-        return {f"{n}/{p}": m.fingerprint() for (n, p), m in sorted(self._models.items())}
+        """Each model's fingerprint (sha256 of architecture and weights) and where it came from."""
+        out = {}
+        for (n, p), m in sorted((k, m) for k, m in self._models.items() if k[1] is not None):
+            fp = m.fingerprint() if hasattr(m, "fingerprint") else None
+            ms = self.config.models[n]
+            out[f"{n}/{p}"] = fp if not ms.outside else {"fingerprint": fp, "source": ms.source,
+                                                        "kind": ms.kind, "latent_dim": m.latent_dim}
+        return out
 
 
 def groups(cells: list[Cell]) -> list[list[Cell]]:
@@ -211,9 +276,15 @@ def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.Data
     for c in cells:
         wanted.setdefault(c.dtype, set()).add(c.estimator)
     base = ctx.model(first.model, first.parametrization)
-    passes = {(dt, r): evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
-                                estimators={e: ESTIMATORS[e] for e in sorted(names)}, outputs=tuple(params))
-              for dt, names in wanted.items() for r, seed in enumerate(seeds)}
+    own = None if hasattr(base, "with_output") else first.parametrization  # one likelihood only
+
+    def shared_pass(dt, names, seed):
+        out = evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
+                       estimators={e: estimator_spec(e) for e in sorted(names)},
+                       outputs=None if own else tuple(params))
+        return {(e, own or o): est for (e, o), est in out.items()}
+
+    passes = {(dt, r): shared_pass(dt, names, seed) for dt, names in wanted.items() for r, seed in enumerate(seeds)}
     share = (time.perf_counter() - t_start) / len(cells)
     out = []
     for cell in cells:
@@ -223,6 +294,7 @@ def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.Data
                            for r in range(len(seeds))])
         timing = ctx.timing(cell, seeds[0])
         row, raw = _tables(cell, ests, replay, truth, timing)
+        row["latent_dim"] = base.latent_dim  # known for outside models too, once loaded
         row["wall_s"] = share + time.perf_counter() - t_cell
         out.append((cell.key, row, raw))
     return out

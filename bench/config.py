@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from lvm import zoo
+from lvm import sources, zoo
 from lvm.errors import InputError
 from lvm.numerics import DTYPES
 
@@ -31,6 +31,7 @@ ESTIMATORS = {
     "log_space": {"space": "log", "form": None, "accumulate": None},
     "log_space_acc32": {"space": "log", "form": None, "accumulate": "float32"},
 }
+OUTSIDE = {"space": "outside", "form": None, "accumulate": None}  # an estimator of lvm.sources
 PARAMETRIZATIONS = ("logits", "probs")
 MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
 DEVICES = ("cpu", "cuda", "mps")
@@ -53,6 +54,29 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 class ConfigError(InputError):
     """A config that cannot be run; the message says what and what is accepted."""
+
+
+def estimator_spec(name: str) -> dict[str, Any]:
+    """The spec of an ``estimator`` axis value: a built-in one, or an outside estimator's
+    (an import path, or an entry-point name: :mod:`lvm.sources`)."""
+    if name in ESTIMATORS:
+        return ESTIMATORS[name]
+    path = sources.estimator_path(name)
+    if path is None:
+        raise ConfigError(f"estimator {name!r} is unknown{_suggest(name, ESTIMATORS)}; accepted: "
+                          f"{', '.join(ESTIMATORS)}, package.module:function, or an entry point of "
+                          f"{sources.ENTRY_POINTS!r}")
+    return {**OUTSIDE, "path": path}
+
+
+def model_facts(label: str) -> tuple[str, int | None]:
+    """(state, latent dimension) of a model label: the zoo family and K, or ("outside", None)
+    (an outside model's K is known once it is loaded)."""
+    try:
+        spec = zoo.parse(label)
+    except InputError:
+        return "outside", None
+    return spec.family, spec.latent_dim
 
 
 @dataclass(frozen=True)
@@ -92,10 +116,10 @@ class Cell:
 
     def coords(self) -> dict[str, Any]:
         """The axes and what follows from them: the columns cells.csv starts with."""
-        spec = zoo.parse(self.model)
-        info = ESTIMATORS[self.estimator]
+        state, latent_dim = model_facts(self.model)
+        info = estimator_spec(self.estimator)
         return {**self.axes(),
-                "state": spec.family, "latent_dim": spec.latent_dim,
+                "state": state, "latent_dim": latent_dim,
                 "space": info["space"], "form": info["form"],
                 "accumulate_dtype": info["accumulate"] or self.dtype}
 
@@ -113,14 +137,25 @@ class Config:
     def grid(self) -> dict[str, list]:
         return self.data["grid"]
 
-    def cells(self) -> tuple[list[Cell], list[dict[str, str]]]:
-        """The cells to run, in grid order, and the excluded ones with their reason."""
+    @property
+    def models(self) -> dict[str, sources.ModelSpec]:
+        """grid.model as {label: spec}: labels are what cells.csv's ``model`` column holds."""
+        return {ms.label: ms for ms in map(sources.parse_model, self.grid["model"])}
+
+    def cells(self, unavailable: dict[tuple[str, str], str] | None = None
+              ) -> tuple[list[Cell], list[dict[str, str]]]:
+        """The cells to run, in grid order, and the excluded ones with their reason.
+        ``unavailable``: {(model, parametrization): why} for likelihoods a model cannot give."""
         cells, excluded = [], []
         caps = self.data["limits"]["max_n_samples"]
-        for combo in itertools.product(*(self.grid[p] for p in PARAM_NAMES)):
+        unavailable = unavailable or {}
+        axes = {**self.grid, "model": list(self.models)}
+        for combo in itertools.product(*(axes[p] for p in PARAM_NAMES)):
             cell = Cell(*combo)
-            reason = None
-            if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
+            reason = unavailable.get((cell.model, cell.parametrization))
+            if reason:
+                pass
+            elif cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
                 reason = "float32 accumulation only differs from log_space below float32"
             else:
                 for axis_value in (cell.dtype, cell.estimator):
@@ -251,8 +286,7 @@ def _check_axes(data: dict, source: str) -> None:
     from lvm.data import DATASETS
 
     grid, run = data["grid"], data["run"]
-    accepted = {"estimator": ESTIMATORS, "dtype": DTYPES, "parametrization": PARAMETRIZATIONS,
-                "device": DEVICES}
+    accepted = {"dtype": DTYPES, "parametrization": PARAMETRIZATIONS, "device": DEVICES}
     for axis, options in accepted.items():
         for v in grid[axis]:
             if v not in options:
@@ -262,19 +296,35 @@ def _check_axes(data: dict, source: str) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= MAX_N_SAMPLES:
             raise ConfigError(f"{source}: grid.n_samples value {n!r} is invalid; accepted: positive "
                               f"integers up to {MAX_N_SAMPLES:,} (10^8 draws already take hours per cell)")
+    for e in grid["estimator"]:
+        try:
+            spec = estimator_spec(e) if isinstance(e, str) else None
+            if spec is None:
+                raise ConfigError(f"estimator {e!r} is not a string")
+            if spec["space"] == "outside":
+                sources.load_estimator(spec["path"])  # imports now: a bad path fails before the run
+        except InputError as err:
+            raise ConfigError(f"{source}: grid.estimator value {e!r} is invalid: {err}") from err
+    labels: dict[str, str] = {}
     for m in grid["model"]:
         try:
-            zoo.parse(m)
+            label = sources.parse_model(m).label
         except InputError as e:
             raise ConfigError(f"{source}: grid.model value {m!r} is invalid: {e}") from e
+        if label in labels:
+            raise ConfigError(f"{source}: grid.model values {labels[label]!r} and {m!r} share the label "
+                              f"{label!r}; accepted: distinct labels (write label=<spec>)")
+        labels[label] = m
     for axis in PARAM_NAMES:
         if not grid[axis]:
             raise ConfigError(f"{source}: grid.{axis} is empty; accepted: a non-empty list")
         if len(set(map(str, grid[axis]))) != len(grid[axis]):
             raise ConfigError(f"{source}: grid.{axis} = {grid[axis]} repeats a value")
-    if run["dataset"] not in DATASETS or run["dataset"] == "synthetic":
-        raise ConfigError(f"{source}: run.dataset = {run['dataset']!r} is not supported by the sweep; "
-                          "accepted: mnist-5k, mnist")
+    dataset = run["dataset"]
+    if dataset == "synthetic" or dataset not in DATASETS and not (
+            sources.IMPORT_PATH.match(dataset) or Path(dataset).is_file()):
+        raise ConfigError(f"{source}: run.dataset = {dataset!r} is not supported by the sweep; accepted: "
+                          "mnist-5k, mnist, a .npy/.npz or IDX file of 0/1 values, or package.module:factory")
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", run["name"]):
         raise ConfigError(f"{source}: run.name = {run['name']!r} is invalid; accepted: letters, digits, "
                           "'.', '_' and '-', starting with a letter or digit (it names results/<name>)")
@@ -295,7 +345,7 @@ def _check_axes(data: dict, source: str) -> None:
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
     for key, cap in data["limits"]["max_n_samples"].items():
-        if key not in DTYPES and key not in ESTIMATORS or not isinstance(cap, int) or cap <= 0:
+        if key not in DTYPES and key not in grid["estimator"] or not isinstance(cap, int) or cap <= 0:
             raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
                               f"({', '.join(DTYPES)}) or an estimator ({', '.join(ESTIMATORS)}) "
                               "mapped to a positive integer")

@@ -27,6 +27,13 @@ POSTERIOR_CMAP = mpl.colors.ListedColormap(mpl.colormaps["Greys"](np.linspace(0.
 # Okabe & Ito (2008) colour-blind-safe colours, one per dtype, in every figure.
 DTYPE_COLORS = {"float16": "#D55E00", "bfloat16": "#CC79A7", "float32": "#0072B2", "float64": "#009E73"}
 ESTIMATOR_MARKERS = {"prob_space": "o", "prob_space_exp": "s", "log_space": "^", "log_space_acc32": "D"}
+OUTSIDE_MARKERS = ("v", "P", "X", "*", "h", "<", ">", "p")  # outside estimators, in grid order
+
+
+def estimator_markers(estimators) -> dict[str, str]:
+    """A marker per estimator: the built-in ones keep theirs, outside ones take the next free."""
+    spare = iter(OUTSIDE_MARKERS * (1 + len(estimators) // len(OUTSIDE_MARKERS)))
+    return {e: ESTIMATOR_MARKERS.get(e) or next(spare) for e in estimators}
 PARAM_DASHES = {"logits": "", "probs": (4, 2)}
 DPI = 110
 FLOOR_DECADES = 8
@@ -97,8 +104,8 @@ def dtype_handles(dtypes: list[str]) -> list[Line2D]:
 
 
 def marker_handles(estimators: list[str]) -> list[Line2D]:
-    return [Line2D([], [], color="0.3", marker=ESTIMATOR_MARKERS.get(e, "o"), ls="none", label=e)
-            for e in estimators]
+    markers = estimator_markers(estimators)
+    return [Line2D([], [], color="0.3", marker=markers[e], ls="none", label=e) for e in estimators]
 
 
 def legend(fig: Figure, handles: list, ncols: int | None = None) -> None:
@@ -143,5 +150,5 @@ def lines_by_dtype_and_estimator(ax, sub: pd.DataFrame, y: str, o: Order) -> Non
     hue = [dt for dt in o.dtypes if dt in set(sub["dtype"])]
     sty = [e for e in o.estimators if e in set(sub["estimator"])]
     sns.lineplot(data=sub, x="n_samples", y=y, hue="dtype", hue_order=hue, palette=DTYPE_COLORS,
-                 style="estimator", style_order=sty, markers=ESTIMATOR_MARKERS, dashes=False,
+                 style="estimator", style_order=sty, markers=estimator_markers(sty), dashes=False,
                  estimator=None, errorbar=None, legend=False, ax=ax, lw=1.2, ms=5.5, mew=0, alpha=0.9)

@@ -49,7 +49,7 @@ def _write_figure_data(store: RunStore, ctx: Context, models: list[str]) -> None
             ll = pd.concat([ctx.loglik_sample(m) for m in models], ignore_index=True)
             atomic_write(store.root / "loglik.csv.gz", lambda f: ll.to_csv(
                 f, index=False, compression={"method": "gzip", "mtime": 0}))
-        k2 = [m for m in models if ctx.model(m, "logits").latent_dim == 2]
+        k2 = [m for m in models if not ctx.config.models[m].outside and ctx.exact(m).latent_dim == 2]
         if k2 and not (store.root / "k2.npz").exists():
             arrays = {f"{m}/{k}": v for m in k2 for k, v in ctx.k2_arrays(m).items()}
             atomic_write(store.root / "k2.npz", lambda f: np.savez_compressed(f, **arrays))
@@ -94,8 +94,6 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     t0 = time.perf_counter()
     store = RunStore(out)
     store.check(resume=resume, force=force)
-    cells, excluded = config.cells()
-    order = [c.key for c in cells]
     meta = {}
     if resume:
         meta = store.read_meta()
@@ -105,8 +103,11 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     executor = executor or LocalExecutor()
     ctx = Context(config, cache_dir=cache_dir, progress=progress)
     executor.check()  # before the ground truth, which can take minutes
-    for name in config.grid["model"]:  # models and ground truth first, once, before any cell is timed
+    for name in config.models:  # models and ground truth first, once, before any cell is timed
         ctx.truth(name)  # at torch's default threads, as before: cached, and the longest serial step
+    ctx.probe_estimators()  # an outside estimator that fails or returns the wrong shape: before writing
+    cells, excluded = config.cells(ctx.unavailable())
+    order = [c.key for c in cells]
     reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
     done = store.done() if resume else set()  # --force replaces the old parts: none of them counts
     for key, why in store.rejected if resume else ():
@@ -140,7 +141,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     disk_full: OSError | None = None
     table = pd.DataFrame()
     try:
-        _write_figure_data(store, ctx, config.grid["model"])
+        _write_figure_data(store, ctx, list(config.models))
         for key, row, raw in executor.map(ctx, todo, progress=progress):
             store.write_part(key, row, raw)
     except OSError as e:

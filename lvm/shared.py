@@ -35,7 +35,7 @@ from .estimators import (
 from .model import bernoulli_log_likelihood
 from .numerics import parse_dtype
 
-SPACES = ("log", "prob")
+SPACES = ("log", "prob", "outside")  # outside: {"space": "outside", "path": "package.module:function"}
 
 
 def _check_spec(argument: str, spec: Mapping) -> None:
@@ -52,6 +52,10 @@ def estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
     """One estimator by its spec, on its own, as a user calls it: what :func:`evaluate`
     reproduces. ``kw``: the estimator's keywords (dtype, device, seed, ...)."""
     _check_spec("spec", spec)
+    if spec["space"] == "outside":
+        from .sources import load_estimator, run_estimator
+
+        return run_estimator(load_estimator(spec["path"]), spec["path"], model, x, n, **kw)
     if spec["space"] == "prob":
         return prob_space(model, x, n, form=_form(spec), **kw)
     return log_space(model, x, n, accumulate_dtype=spec.get("accumulate"), **kw)
@@ -63,8 +67,9 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
              device: str | torch.device = "cpu", seed: int = 0) -> dict[tuple[str, str], Estimate]:
     """Every estimator in ``estimators`` for every likelihood parametrization in ``outputs``.
 
-    ``estimators`` maps a name to a spec: ``{"space": "log", "accumulate": None | dtype}`` or
-    ``{"space": "prob", "form": "product" | "exp"}``. ``outputs`` defaults to the model's own.
+    ``estimators`` maps a name to a spec: ``{"space": "log", "accumulate": None | dtype}``,
+    ``{"space": "prob", "form": "product" | "exp"}`` or ``{"space": "outside", "path":
+    "package.module:function"}`` (:mod:`lvm.sources`; run on its own, sharing nothing). ``outputs`` defaults to the model's own.
     Returns ``{(name, output): Estimate}``, each equal bit for bit to ``log_space`` or
     ``prob_space`` on ``model.with_output(output)`` with the same seed. A model without
     ``with_output`` (not a BernoulliLVM) is evaluated estimator by estimator.
@@ -81,6 +86,14 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
                 for name, spec in estimators.items()}
     for o in outputs:
         model.with_output(o)  # an InputError here names an output the model cannot give
+    outside = {name: spec for name, spec in estimators.items() if spec["space"] == "outside"}
+    if outside:  # an outside estimator runs the model itself: nothing to share
+        rest = {name: spec for name, spec in estimators.items() if name not in outside}
+        out = evaluate(model, x, n_samples, dtype=dtype, estimators=rest, outputs=outputs, device=device,
+                       seed=seed) if rest else {}
+        return out | {(name, o): estimate(model.with_output(o), x, n_samples, spec, dtype=dtype,
+                                          device=device, seed=seed)
+                      for name, spec in outside.items() for o in outputs}
     net = model.with_output("logits")  # the network up to its output
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, None)
     B = len(x)

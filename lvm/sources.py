@@ -1,0 +1,379 @@
+"""Point the suite at your own model, data or estimator: one grammar for each.
+
+A **model spec** is one of
+  ``prior-iwae-k2``
+      a zoo name (:mod:`lvm.zoo`);
+  ``package.module:factory``
+      an import path; ``factory()`` returns a model with the protocol of
+      :class:`lvm.model.LatentVariableModel` (``latent_dim``, ``sample_prior``,
+      ``log_likelihood``), or a decoder ``nn.Module`` that carries ``latent_dim`` and
+      ``output`` (``"logits"`` or ``"probs"``) as attributes, or a dict
+      ``{"decoder": module, "latent_dim": K, "output": "logits" | "probs"}``;
+  ``path/to/decoder.pt``
+      a file: a TorchScript decoder (``torch.jit.save``) or a state dict of the suite's
+      ELU decoder, with ``path/to/decoder.json`` beside it. For TorchScript the JSON gives
+      ``latent_dim`` and ``output`` (unless the module carries them); for a state dict it
+      is the architecture: ``latent_dim``, ``hidden``, ``layers``, ``output`` and
+      ``data_dim`` (the format of the zoo's checkpoint metadata, under ``"architecture"``
+      or at the top level). Loaded with ``weights_only=True``: loading never runs code;
+  ``label=<any of these>``
+      the same, under a label of your choosing (what cells.csv's ``model`` column says).
+
+Decoders may have any data dimension D. A **data spec** is ``mnist-5k``, ``mnist``, a
+``.npy``/``.npz`` file or an IDX file of 0/1 values ([n, D]; an ``.npz`` holds one array, or
+one per split under ``train``/``test``), or ``package.module:factory`` returning such an
+array. An **estimator spec** is an import path to a function with the signature of
+:func:`lvm.log_space` that returns an :class:`~lvm.Estimate` or a [B] tensor of log p(x),
+or a name registered under the entry-point group ``lvm_bench.estimators``.
+
+Every failure is an InputError that names the spec and says what is accepted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import re
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata as _metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import InputError
+
+IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
+ENTRY_POINTS = "lvm_bench.estimators"
+MODEL_FORMS = ("a zoo name such as prior-iwae-k2", "package.module:factory",
+               "a TorchScript or state-dict file (.pt) with its .json", "label=<one of these>")
+DATA_FORMS = ("mnist-5k", "mnist", "a .npy/.npz or IDX file of 0/1 values", "package.module:factory")
+
+
+def _accepted(forms) -> str:
+    return "accepted: " + "; ".join(forms)
+
+
+def load_object(path: str, argument: str) -> Any:
+    """The object an import path ``package.module:attr`` names."""
+    if not isinstance(path, str) or not IMPORT_PATH.match(path):
+        raise InputError(f"{argument} {path!r} is not an import path; accepted: package.module:name")
+    module_name, _, attr = path.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise InputError(f"{argument} {path!r}: cannot import {module_name!r} ({e}); accepted: a module "
+                         "on sys.path (an installed package, or the working directory)") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise InputError(f"{argument} {path!r}: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def _call(factory: Callable, spec: str, argument: str) -> Any:
+    if not callable(factory):
+        raise InputError(f"{argument} {spec!r} names a {type(factory).__name__}; accepted: a factory "
+                         "function that takes no arguments")
+    try:
+        return factory()
+    except InputError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code failed: say so, keep the cause chained
+        raise InputError(f"{argument} {spec!r}: the factory raised {type(e).__name__}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A parsed model spec: its label (cells.csv's ``model``), where it comes from, and how."""
+
+    label: str
+    source: str  # the zoo name, the import path or the file path
+    kind: str  # "zoo", "import" or "file"
+
+    @property
+    def outside(self) -> bool:
+        return self.kind != "zoo"
+
+
+def parse_model(spec: str) -> ModelSpec:
+    """Split a model spec into label, source and kind, without loading anything."""
+    from . import zoo
+
+    if not isinstance(spec, str) or not spec:
+        raise InputError(f"model spec {spec!r} is invalid; {_accepted(MODEL_FORMS)}")
+    label, eq, source = spec.partition("=")
+    if not eq:
+        label, source = "", spec
+    elif not LABEL.match(label):
+        raise InputError(f"model spec {spec!r}: label {label!r} is invalid; accepted: letters, digits, "
+                         "'.', '_', ':' and '-', starting with a letter or digit")
+    try:
+        return ModelSpec(label or source, zoo.parse(source).name, "zoo")
+    except InputError as e:
+        zoo_error = e
+    if IMPORT_PATH.match(source):
+        return ModelSpec(label or source, source, "import")
+    path = Path(source)
+    if path.suffix in (".pt", ".pth", ".ts", ".zip") or os.sep in source or path.exists():
+        if not path.is_file():
+            raise InputError(f"model spec {spec!r}: {source} is no such file; {_accepted(MODEL_FORMS)}")
+        label = label or path.stem
+        if not LABEL.match(label):
+            raise InputError(f"model spec {spec!r}: the file name makes the label {label!r}, which is "
+                             "invalid; name it: label=<path>")
+        return ModelSpec(label, str(path), "file")
+    raise InputError(f"model spec {spec!r} is not a zoo name ({zoo_error}), an import path or a "
+                     f"file; {_accepted(MODEL_FORMS)}")
+
+
+def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False):
+    """The model a spec names: a zoo model, a factory's model, or a decoder file's model."""
+    from . import zoo
+    from .model import check_model
+
+    ms = spec if isinstance(spec, ModelSpec) else parse_model(spec)
+    if ms.kind == "zoo":
+        return zoo.get(ms.source, cache_dir=cache_dir, progress=progress)
+    if ms.kind == "import":
+        made = _call(load_object(ms.source, "model"), ms.source, "model")
+        model = _from_factory(made, ms.source)
+    else:
+        model = _from_file(Path(ms.source))
+    check_model(model)
+    _check_weights(model, ms.source)
+    return model
+
+
+def _decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str):
+    from .model import OUTPUTS, BernoulliLVM
+
+    if output not in OUTPUTS:
+        raise InputError(f"{where}: output={output!r}; accepted: {', '.join(OUTPUTS)}")
+    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
+        raise InputError(f"{where}: latent_dim={latent_dim!r}; accepted: a positive integer")
+    p = next(decoder.parameters(), None)
+    try:
+        with torch.no_grad():
+            width = decoder(torch.zeros(1, latent_dim, dtype=p.dtype if p is not None else torch.float32))
+    except Exception as e:  # noqa: BLE001 - the user's decoder failed on a probe: bad input
+        raise InputError(f"{where}: the decoder fails on a [1, {latent_dim}] input "
+                         f"({type(e).__name__}: {e}); accepted: a module mapping [N, K] to [N, D]") from e
+    if not isinstance(width, torch.Tensor) or width.dim() != 2 or width.shape[0] != 1:
+        got = list(width.shape) if isinstance(width, torch.Tensor) else type(width).__name__
+        raise InputError(f"{where}: the decoder maps a [1, {latent_dim}] input to {got}; accepted: "
+                         "a tensor [1, D]")
+    return BernoulliLVM(decoder, latent_dim, output, int(width.shape[1]))
+
+
+def _from_factory(made: Any, spec: str):
+    where = f"model {spec!r}"
+    if isinstance(made, dict):
+        missing = [k for k in ("decoder", "latent_dim", "output") if k not in made]
+        if missing or not isinstance(made["decoder"], nn.Module):
+            raise InputError(f"{where}: the factory's dict lacks {', '.join(missing) or 'an nn.Module decoder'}; "
+                             "accepted: {'decoder': nn.Module, 'latent_dim': K, 'output': 'logits' | 'probs'}")
+        return _decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
+    if isinstance(made, nn.Module) and not hasattr(made, "log_likelihood"):
+        if not hasattr(made, "latent_dim") or not hasattr(made, "output"):
+            raise InputError(f"{where}: the factory returned an nn.Module without latent_dim and output "
+                             "attributes; accepted: set them on the module, or return {'decoder': module, "
+                             "'latent_dim': K, 'output': 'logits' | 'probs'}")
+        return _decoder_model(made, made.latent_dim, made.output, where)
+    return made  # a model with the protocol: check_model says what it lacks
+
+
+def _sidecar(path: Path) -> dict | None:
+    side = path.with_suffix(".json")
+    if not side.is_file():
+        return None
+    try:
+        data = json.loads(side.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise InputError(f"{side}: unreadable JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{side}: a JSON {type(data).__name__}; accepted: an object")
+    return data
+
+
+def _from_file(path: Path):
+    from .checkpoint import load_checkpoint
+
+    side = _sidecar(path)
+    if _is_torchscript(path):
+        try:
+            module = torch.jit.load(str(path), map_location="cpu")
+        except Exception as e:  # noqa: BLE001 - a damaged archive
+            raise InputError(f"{path}: not a loadable TorchScript module ({type(e).__name__}: {e})") from e
+        info = side or {}
+        latent_dim = info.get("latent_dim", getattr(module, "latent_dim", None))
+        output = info.get("output", getattr(module, "output", None))
+        if latent_dim is None or output is None:
+            raise InputError(f"{path}: a TorchScript decoder needs latent_dim and output, in "
+                             f"{path.with_suffix('.json').name} ({{\"latent_dim\": K, \"output\": "
+                             "\"logits\"}) or as module attributes")
+        return _decoder_model(module, latent_dim, output, str(path))
+    if side is None:
+        raise InputError(f"{path}: a state dict needs its architecture in {path.with_suffix('.json').name}; "
+                         "accepted: {\"latent_dim\": K, \"hidden\": H, \"layers\": L, \"output\": "
+                         "\"logits\" | \"probs\", \"data_dim\": D}")
+    arch = side.get("architecture", side)
+    need = ("latent_dim", "hidden", "layers", "output")
+    if not all(k in arch for k in need):
+        raise InputError(f"{path.with_suffix('.json')}: the architecture lacks "
+                         f"{', '.join(k for k in need if k not in arch)}; accepted keys: "
+                         f"{', '.join(need)}, data_dim")
+    from .model import architecture
+
+    try:
+        full = architecture(arch["latent_dim"], arch["hidden"], arch["layers"], arch["output"],
+                            arch.get("data_dim", 784))
+    except TypeError as e:
+        raise InputError(f"{path.with_suffix('.json')}: invalid architecture ({e})") from e
+    return load_checkpoint(path, full)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip holding ``<name>/code/``; a state dict's zip has none."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n for n in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _check_weights(model, spec: str) -> None:
+    decoder = getattr(model, "decoder", None)
+    if isinstance(decoder, nn.Module):
+        for name, t in decoder.state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise InputError(f"model {spec!r}: weight {name} holds NaN or infinity; accepted: "
+                                 "finite weights")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_dataset(spec: str, split: str = "test", *, cache_dir=None):
+    """The data set a spec names: a built-in one (static binarization, seed 0) or an outside one."""
+    from .data import DATASETS, load
+
+    if spec in DATASETS and spec != "synthetic":
+        return load(spec, split, seed=0, cache_dir=cache_dir)
+    return load_data(spec, split)
+
+
+def load_data(spec: str, split: str = "test"):
+    """An outside data set as a :class:`lvm.data.Dataset`: [n, D] float32 0/1 with its identity."""
+    from .data import SPLITS, Dataset, _sha256, read_idx
+
+    if not isinstance(spec, str) or not spec:
+        raise InputError(f"data spec {spec!r} is invalid; {_accepted(DATA_FORMS)}")
+    if split not in SPLITS:
+        raise InputError(f"split {split!r}; accepted: {', '.join(SPLITS)}")
+    path = Path(spec)
+    if IMPORT_PATH.match(spec) and not path.exists():
+        arr, source = _call(load_object(spec, "data"), spec, "data"), f"factory:{spec}"
+    elif path.is_file():
+        source = f"file:{path.name}"
+        if path.suffix == ".npy" or path.suffix == ".npz":
+            arr = _read_numpy(path, split)
+        else:
+            arr = read_idx(path)
+    else:
+        raise InputError(f"data spec {spec!r} is neither a file nor an import path; {_accepted(DATA_FORMS)}")
+    if isinstance(arr, torch.Tensor):
+        arr = arr.detach().cpu().numpy()
+    arr = np.asarray(arr)
+    if arr.ndim == 3:  # IDX images [n, rows, cols]
+        arr = arr.reshape(len(arr), -1)
+    if arr.ndim != 2 or 0 in arr.shape:
+        raise InputError(f"data {spec!r} has shape {list(arr.shape)}; accepted: [n, D] with n, D >= 1")
+    if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
+        raise InputError(f"data {spec!r} holds {arr.dtype}; accepted: numbers 0 and 1")
+    if not np.isin(arr, (0, 1)).all():
+        bad = arr[~np.isin(arr, (0, 1))][:3].tolist()
+        raise InputError(f"data {spec!r} is not binary (values such as {bad}); accepted: 0 and 1 only")
+    bits = np.ascontiguousarray(arr.astype(np.uint8))
+    identity = {"name": spec, "split": split, "source": source, "n": len(bits), "dim": bits.shape[1],
+                "sha256": _sha256(bits),
+                "binarize": "given", "seed": None, "source_sha256": None}
+    return Dataset(torch.from_numpy(bits).to(torch.float32), None, identity)
+
+
+def _read_numpy(path: Path, split: str) -> np.ndarray:
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise InputError(f"{path}: not a readable .npy/.npz file without pickles ({e})") from e
+    if isinstance(loaded, np.ndarray):
+        return loaded
+    with loaded:
+        keys = list(loaded.keys())
+        key = split if split in keys else keys[0] if len(keys) == 1 else None
+        if key is None:
+            raise InputError(f"{path}: holds arrays {keys}; accepted: one array, or one per split "
+                             "named train and test")
+        return loaded[key]
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def estimator_entry_points() -> dict[str, str]:
+    """Estimators installed packages register: {name: import path}."""
+    return {ep.name: ep.value for ep in _metadata.entry_points(group=ENTRY_POINTS)}
+
+
+def estimator_path(spec: str) -> str | None:
+    """The import path an outside estimator spec names (an entry-point name resolves to its
+    target), or None for a spec that is neither."""
+    if isinstance(spec, str) and IMPORT_PATH.match(spec):
+        return spec
+    return estimator_entry_points().get(spec)
+
+
+def load_estimator(spec: str) -> Callable:
+    path = estimator_path(spec)
+    if path is None:
+        raise InputError(f"estimator {spec!r} is not an import path or a registered name; accepted: "
+                         f"package.module:function, or one of the {ENTRY_POINTS!r} entry points "
+                         f"({', '.join(estimator_entry_points()) or 'none installed'})")
+    fn = load_object(path, "estimator")
+    if not callable(fn):
+        raise InputError(f"estimator {spec!r} names a {type(fn).__name__}; accepted: a function with "
+                         "the signature of lvm.log_space")
+    return fn
+
+
+def run_estimator(fn: Callable, spec: str, model, x: torch.Tensor, n_samples: int, *, dtype,
+                  device="cpu", seed: int = 0):
+    """Call an outside estimator and return an Estimate: its own, or one made from the [B]
+    tensor it returned (term counts and ESS unknown: NaN)."""
+    from .estimators import Estimate
+    from .numerics import dtype_name, parse_dtype
+
+    out = fn(model, x, n_samples, dtype=dtype, device=device, seed=seed)
+    B = len(x)
+    if isinstance(out, Estimate):
+        if tuple(out.log_px.shape) != (B,):
+            raise InputError(f"estimator {spec!r} returned an Estimate with log_px of shape "
+                             f"{list(out.log_px.shape)}; accepted: [{B}], one value per datapoint")
+        return out
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (B,):
+        got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise InputError(f"estimator {spec!r} returned {got}; accepted: an lvm.Estimate or a tensor of "
+                         f"shape [{B}], log p(x) per datapoint")
+    nan = torch.full((B,), math.nan, dtype=torch.float64)
+    return Estimate(spec, dtype_name(parse_dtype(dtype)), n_samples, out.detach().to(torch.float64).cpu(),
+                    nan.clone(), nan.clone(), nan.clone(), {"seed": seed, "outside": True})
