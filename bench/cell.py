@@ -51,7 +51,7 @@ def draw_seed(root: int, model: str, n_samples: int, repeat: int) -> int:
 def estimate(model, x, cell: Cell, seed: int, n_samples: int | None = None) -> lvm.Estimate:
     """Run the cell's estimator once, as a user calls it, with the given draw seed (and N)."""
     return estimate_spec(model, x, n_samples or cell.n_samples, estimator_spec(cell.estimator),
-                         dtype=cell.dtype, device=cell.device, seed=seed)
+                         dtype=cell.dtype, device=cell.device, seed=seed, precision=cell.precision)
 
 
 @dataclass
@@ -187,7 +187,7 @@ class Context:
     def timing(self, cell: Cell, seed: int) -> Timing:
         """The cell's timing, measured once per (estimator, dtype, N, architecture, device):
         cells that differ only in the weights share it (``timed_model`` says whose ran)."""
-        key = (cell.estimator, cell.dtype, cell.n_samples, cell.device,
+        key = (cell.estimator, cell.dtype, cell.precision, cell.n_samples, cell.device,
                self.architecture(cell.model, cell.parametrization))
         if key not in self._timings:
             run = self.config.run
@@ -272,25 +272,27 @@ def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.Data
     seeds = [draw_seed(run["seed"], first.model, first.n_samples, r) for r in range(run["repeats"])]
     # Accuracy: one shared pass per (dtype, repeat); float64 log space is also every cell's replay.
     params = [p for p in PARAMETRIZATIONS if any(c.parametrization == p for c in cells)]
-    wanted: dict[str, set[str]] = {"float64": {"log_space"}}
+    wanted: dict[tuple[str, str], set[str]] = {("float64", "cast"): {"log_space"}}  # (dtype, precision)
     for c in cells:
-        wanted.setdefault(c.dtype, set()).add(c.estimator)
+        wanted.setdefault((c.dtype, c.precision), set()).add(c.estimator)
     base = ctx.model(first.model, first.parametrization)
     own = None if hasattr(base, "with_output") else first.parametrization  # one likelihood only
 
-    def shared_pass(dt, names, seed):
+    def shared_pass(dt, precision, names, seed):
         out = evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
                        estimators={e: estimator_spec(e) for e in sorted(names)},
-                       outputs=None if own else tuple(params))
+                       outputs=None if own else tuple(params), precision=precision)
         return {(e, own or o): est for (e, o), est in out.items()}
 
-    passes = {(dt, r): shared_pass(dt, names, seed) for dt, names in wanted.items() for r, seed in enumerate(seeds)}
+    passes = {(dt, prec, r): shared_pass(dt, prec, names, seed)
+              for (dt, prec), names in wanted.items() for r, seed in enumerate(seeds)}
     share = (time.perf_counter() - t_start) / len(cells)
     out = []
     for cell in cells:
         t_cell = time.perf_counter()
-        ests = [passes[(cell.dtype, r)][(cell.estimator, cell.parametrization)] for r in range(len(seeds))]
-        replay = np.stack([passes[("float64", r)][("log_space", cell.parametrization)].log_px.numpy()
+        ests = [passes[(cell.dtype, cell.precision, r)][(cell.estimator, cell.parametrization)]
+                for r in range(len(seeds))]
+        replay = np.stack([passes[("float64", "cast", r)][("log_space", cell.parametrization)].log_px.numpy()
                            for r in range(len(seeds))])
         timing = ctx.timing(cell, seeds[0])
         row, raw = _tables(cell, ests, replay, truth, timing)

@@ -21,7 +21,7 @@ from lvm import sources, zoo
 from lvm.errors import InputError
 from lvm.numerics import DTYPES
 
-PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device")
+PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device", "precision")
 
 # Estimator variants, as levels of the `estimator` axis. acc32 only exists where
 # it differs from plain log space: below float32.
@@ -33,6 +33,7 @@ ESTIMATORS = {
 }
 OUTSIDE = {"space": "outside", "form": None, "accumulate": None}  # an estimator of lvm.sources
 PARAMETRIZATIONS = ("logits", "probs")
+PRECISIONS = ("cast", "autocast")  # lvm.shared.policy: cast the model, or torch.autocast it
 MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -47,7 +48,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
             "repeats": 5, "warmup": 1, "time_budget": 0.25, "reference": "auto", "reference_samples": 20000,
             "threads": 1},
-    "grid": {},
+    "grid": {"precision": ["cast"]},
     "limits": {"max_n_samples": {}, "reasons": {}},
 }
 
@@ -89,10 +90,15 @@ class Cell:
     model: str
     parametrization: str
     device: str
+    precision: str = "cast"
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Cell:
-        """The cell of a row that has the axes as keys (a cells.csv or raw row, a dict)."""
+        """The cell of a row that has the axes as keys (a cells.csv or raw row, a dict); a row
+        written before the precision axis existed is a "cast" cell."""
+        row = dict(row)
+        if not isinstance(row.get("precision"), str):  # absent, or NaN from a table without it
+            row["precision"] = "cast"
         try:
             return cls(*(int(row[p]) if p == "n_samples" else str(row[p]) for p in PARAM_NAMES))
         except (KeyError, TypeError, ValueError) as e:
@@ -101,14 +107,16 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Names the cell's files and identifies it across runs."""
-        return "__".join(str(getattr(self, p)) for p in PARAM_NAMES)
+        """Names the cell's files and identifies it across runs. A "cast" cell's key does not
+        name its precision: keys of runs made before the axis existed stay valid."""
+        key = "__".join(str(getattr(self, p)) for p in PARAM_NAMES if p != "precision")
+        return key if self.precision == "cast" else f"{key}__{self.precision}"
 
     @property
     def label(self) -> str:
         """The cell for people: ``log_space float32 N=100 untrained-k2 logits cpu``."""
         return (f"{self.estimator} {self.dtype} N={self.n_samples} {self.model} "
-                f"{self.parametrization} {self.device}")
+                f"{self.parametrization} {self.device}" + ("" if self.precision == "cast" else f" {self.precision}"))
 
     def axes(self) -> dict[str, Any]:
         """The axes as a dict, in grid order."""
@@ -155,10 +163,12 @@ class Config:
             reason = unavailable.get((cell.model, cell.parametrization))
             if reason:
                 pass
+            elif cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
+                reason = "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
             elif cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
                 reason = "float32 accumulation only differs from log_space below float32"
             else:
-                for axis_value in (cell.dtype, cell.estimator):
+                for axis_value in (cell.dtype, cell.estimator, cell.precision):
                     if axis_value in caps and cell.n_samples > caps[axis_value]:
                         why = self.data["limits"]["reasons"].get(axis_value)
                         reason = (f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
@@ -286,7 +296,8 @@ def _check_axes(data: dict, source: str) -> None:
     from lvm.data import DATASETS
 
     grid, run = data["grid"], data["run"]
-    accepted = {"dtype": DTYPES, "parametrization": PARAMETRIZATIONS, "device": DEVICES}
+    accepted = {"dtype": DTYPES, "parametrization": PARAMETRIZATIONS, "device": DEVICES,
+                "precision": PRECISIONS}
     for axis, options in accepted.items():
         for v in grid[axis]:
             if v not in options:
@@ -345,10 +356,11 @@ def _check_axes(data: dict, source: str) -> None:
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
     for key, cap in data["limits"]["max_n_samples"].items():
-        if key not in DTYPES and key not in grid["estimator"] or not isinstance(cap, int) or cap <= 0:
+        if (key not in DTYPES and key not in grid["estimator"] and key not in PRECISIONS
+                or not isinstance(cap, int) or cap <= 0):
             raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
-                              f"({', '.join(DTYPES)}) or an estimator ({', '.join(ESTIMATORS)}) "
-                              "mapped to a positive integer")
+                              f"({', '.join(DTYPES)}), an estimator of the grid ({', '.join(grid['estimator'])}) "
+                              f"or a precision policy ({', '.join(PRECISIONS)}) mapped to a positive integer")
     for key, why in data["limits"]["reasons"].items():
         if key not in data["limits"]["max_n_samples"] or not isinstance(why, str):
             capped = ", ".join(data["limits"]["max_n_samples"]) or "none"

@@ -20,6 +20,7 @@ import pandas as pd
 
 from . import analysis as A
 from . import figures as F
+from . import precision as P
 from . import render
 from .analysis import shown
 from .figures import FIGURE_STEMS
@@ -29,6 +30,7 @@ from .render import plural
 from .store import Run, RunError, atomic_write, load_run, write_text
 
 __all__ = ["FIGURE_STEMS", "build_figures", "write_report"]
+STEMS = (*FIGURE_STEMS, P.STEM)
 
 
 def build_figures(run: Run) -> list[FigureSpec]:
@@ -39,7 +41,8 @@ def build_figures(run: Run) -> list[FigureSpec]:
     return [F.underflow_vs_n(ok, o), F.bias_vs_n(ok, o), F.variance_vs_n(ok, o),
             F.loglik_distribution(run.loglik, o, o.dtypes),
             F.throughput(A.throughput(run), o, run.meta.matmul_peak_gflops),
-            F.underflow_heatmap(ok, o), F.k2_posterior(A.k2_panels(run))]
+            F.underflow_heatmap(ok, o), F.k2_posterior(A.k2_panels(run))] + (
+                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else [])
 
 
 def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[FigureSpec]) -> list[tuple]:
@@ -67,6 +70,15 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
                        "Throughput: median over models of terms p(x_b|z_i) per second at the largest N. "
                        "Machine-readable: tables/summary.csv."))
         b.append(("table", A.summary_display(summary)))
+    versus = P.table(run)
+    if not versus.empty:
+        b += [("h2", "Precision policy: cast or autocast"),
+              ("p", "Cast runs the model and every reduction in the dtype; autocast keeps the float32 model "
+                    "under torch.autocast, which runs linear layers and matrix products in the dtype and "
+                    "leaves other ops as its op lists say. Every other table, figure and finding of this "
+                    "report reads the cast cells; here both, for each estimator and dtype measured under "
+                    "both. Machine-readable: tables/precision.csv."),
+              ("table", P.display(versus))]
     b.append(("h2", "Figures"))
     for i, s in enumerate(specs, 1):
         b += [("h3", f"Figure {i}. {s.title}"), ("figure", s)]
@@ -97,13 +109,18 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         for s in specs:
             if s.figure is not None:
                 save(s.figure, fig_dir / s.name)
-    for stem in FIGURE_STEMS:  # a figure a previous report drew but this one cannot: remove it
+    for stem in STEMS:  # a figure a previous report drew but this one cannot: remove it
         if not any(s.name == stem and s.figure is not None for s in specs):
             for ext in (".png", ".svg"):
                 (fig_dir / f"{stem}{ext}").unlink(missing_ok=True)
     found = findings(run)
     summary = A.summary_table(run)
     atomic_write(tab_dir / "summary.csv", lambda f: summary.to_csv(f, index=False, float_format="%.6g"))
+    versus = P.table(run)
+    if versus.empty:
+        (tab_dir / "precision.csv").unlink(missing_ok=True)
+    else:
+        atomic_write(tab_dir / "precision.csv", lambda f: versus.to_csv(f, index=False, float_format="%.6g"))
     disp = A.summary_display(summary)
     numeric = [c for c in disp.columns if c not in render.TEXT_COLUMNS]
     write_text(tab_dir / "summary.md", render.table(disp, "markdown", numeric=numeric) + "\n"

@@ -32,7 +32,7 @@ from lvm import zoo
 from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a binary file
 from lvm.errors import InputError
 
-from .config import PARAM_NAMES
+from .config import PARAM_NAMES, Cell
 from .metrics import NUMERIC
 
 FORMAT_VERSION = 1
@@ -306,6 +306,7 @@ def _numeric_cells(cells: pd.DataFrame) -> pd.DataFrame:
     for c in ("space", "reason"):
         if c not in cells:
             cells[c] = np.nan
+    cells["precision"] = cells["precision"].fillna("cast") if "precision" in cells else "cast"  # older runs
     cells["n_samples"] = pd.to_numeric(cells["n_samples"], errors="coerce")
     cells = cells.dropna(subset=["n_samples"]).astype({"n_samples": int})
     for p in PARAM_NAMES:
@@ -340,17 +341,23 @@ class Run:
 
     @property
     def ok(self) -> pd.DataFrame:
-        """The measured cells (status ok)."""
-        return self.cells[self.cells["status"] == "ok"]
+        """The measured cells (status ok) of the cast policy: what the report's figures, tables
+        and findings read (:mod:`bench.precision` sets autocast cells beside them)."""
+        cast = self.cells["precision"] == "cast" if "precision" in self.cells else True  # a frame made by hand
+        return self.cells[(self.cells["status"] == "ok") & cast]
 
     @cached_property
     def raw(self) -> pd.DataFrame | None:
         """One row per (cell, datapoint, repeat), or None when the run has no raw file."""
         if (self.root / "raw.parquet").exists() and has_parquet():
-            return pd.read_parquet(self.root / "raw.parquet")
-        if (self.root / "raw.csv.gz").exists():
-            return pd.read_csv(self.root / "raw.csv.gz")
-        return None
+            raw = pd.read_parquet(self.root / "raw.parquet")
+        elif (self.root / "raw.csv.gz").exists():
+            raw = pd.read_csv(self.root / "raw.csv.gz")
+        else:
+            return None
+        if "precision" not in raw:  # a run from before the precision axis: every cell was cast
+            raw["precision"] = "cast"
+        return raw
 
     @cached_property
     def loglik(self) -> pd.DataFrame | None:
@@ -413,7 +420,7 @@ def load_run(path: str | os.PathLike) -> Run:
         cells = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: cannot be read as a table ({e})") from e
-    lacking = [c for c in (*PARAM_NAMES, "status") if c not in cells]
+    lacking = [c for c in (*PARAM_NAMES, "status") if c not in cells and c != "precision"]
     if lacking:
         raise RunError(f"{path}: lacks the column(s) {', '.join(lacking)}; results format "
                        f"{version!r} is not one this lvm-bench reads (format {FORMAT_VERSION})")
@@ -439,7 +446,7 @@ def _missing_cells(meta: Meta, cells: pd.DataFrame) -> list[str]:
         expected, _ = validate(meta.config, "meta.json").cells()
     except (InputError, KeyError, TypeError) as e:
         return [f"the grid in meta.json cannot be expanded ({e}); missing cells are not listed"]
-    have = {"__".join(str(v) for v in r) for r in cells[list(PARAM_NAMES)].itertuples(index=False)}
+    have = {Cell.of(r).key for r in cells[list(PARAM_NAMES)].to_dict("records")}
     lost = [c.key for c in expected if c.key not in have]
     if not lost:
         return []

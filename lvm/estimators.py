@@ -197,17 +197,21 @@ def _diag_dtype(dt: torch.dtype) -> torch.dtype:
 
 
 class _LogSum:
-    """log_space's reduction: a streamed logsumexp of log-term chunks, plus diagnostics."""
+    """log_space's reduction: a streamed logsumexp of log-term chunks, plus diagnostics.
+    ``acc=None``: in the dtype the terms arrive in (what torch.autocast left them in)."""
 
-    def __init__(self, B: int, dt: torch.dtype, acc: torch.dtype, dev: torch.device,
+    def __init__(self, B: int, dt: torch.dtype, acc: torch.dtype | None, dev: torch.device,
                  diag: _Diagnostics | None = None):
-        self.dt, self.acc = dt, acc
-        self.state = LogSumExpState((B,), dtype=acc, device=dev)
+        self.dt, self.acc, self.shape = dt, acc, ((B,), dev)
+        self.state = None if acc is None else LogSumExpState((B,), dtype=acc, device=dev)
         # the diagnostics depend on the log terms only: sums of the same terms may share them
         self.own_diag = diag is None
         self.diag = _Diagnostics(B, dev, _diag_dtype(dt)) if diag is None else diag
 
     def add(self, ll: torch.Tensor) -> None:
+        if self.state is None:
+            self.acc = ll.dtype
+            self.state = LogSumExpState(self.shape[0], dtype=ll.dtype, device=self.shape[1])
         self.state.update(ll)
         if self.own_diag:
             self.diag.add(None, ll)
@@ -222,12 +226,15 @@ class _LogSum:
 class _ProbSum:
     """prob_space's reduction: a running sum of probability-term chunks in the working dtype."""
 
-    def __init__(self, B: int, dt: torch.dtype, dev: torch.device, form: str):
+    def __init__(self, B: int, dt: torch.dtype, dev: torch.device, form: str, *, as_given: bool = False):
+        """``as_given``: sum in the dtype the terms arrive in (what torch.autocast left them in)."""
         self.dt, self.form = dt, form
-        self.total = torch.zeros(B, dtype=dt, device=dev)
+        self.total = None if as_given else torch.zeros(B, dtype=dt, device=dev)
         self.diag = _Diagnostics(B, dev, _diag_dtype(dt))
 
     def add(self, terms: torch.Tensor) -> None:
+        if self.total is None:
+            self.total = torch.zeros(len(terms), dtype=terms.dtype, device=terms.device)
         self.total += terms.sum(-1)
         self.diag.add(terms, torch.log(terms.to(_diag_dtype(self.dt))))
 

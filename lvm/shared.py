@@ -16,6 +16,8 @@ the same sigmoid outputs).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from collections.abc import Mapping
 
 import torch
@@ -33,9 +35,12 @@ from .estimators import (
     prob_space,
 )
 from .model import bernoulli_log_likelihood
-from .numerics import parse_dtype
+from .numerics import dtype_name, parse_dtype
+from .runtime import check_device
 
-SPACES = ("log", "prob", "outside")  # outside: {"space": "outside", "path": "package.module:function"}
+SPACES = ("log", "prob", "outside")
+PRECISIONS = ("cast", "autocast")
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)  # outside: {"space": "outside", "path": "package.module:function"}
 
 
 def _check_spec(argument: str, spec: Mapping) -> None:
@@ -48,10 +53,45 @@ def _form(spec: Mapping) -> str | None:
     return (spec.get("form") or "product") if spec["space"] == "prob" else None
 
 
-def estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
+def policy(precision: str, dtype, device="cpu") -> tuple[torch.dtype, contextlib.AbstractContextManager]:
+    """(the dtype the model and estimator run in, the context they run under) of a precision
+    policy: "cast" runs everything in ``dtype``; "autocast" keeps the float32 model and runs it
+    under ``torch.autocast(device type, dtype)``, which lowers linear layers and matrix
+    products to ``dtype`` (float16 or bfloat16) and leaves other ops as its op lists say (on
+    CUDA exp, log, softplus, sum, prod and logsumexp go to float32; on CPU only prod does)."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision={precision!r}; accepted: {', '.join(PRECISIONS)}")
+    dt = parse_dtype(dtype)
+    if precision == "cast":
+        return dt, contextlib.nullcontext()
+    if dt not in AUTOCAST_DTYPES:
+        raise InputError(f"precision='autocast' with dtype={dtype_name(dt)}: autocast lowers to float16 "
+                         "or bfloat16 only; accepted: those dtypes, or precision='cast'")
+    return torch.float32, torch.autocast(check_device(device).type, dtype=dt)
+
+
+def _labelled(est: Estimate, precision: str, dtype) -> Estimate:
+    """An estimate made under autocast says so: its dtype is the autocast dtype."""
+    if precision == "cast":
+        return est
+    return dataclasses.replace(est, dtype=dtype_name(parse_dtype(dtype)),
+                               meta={**est.meta, "precision": precision})
+
+
+def estimate(model, x, n, spec: Mapping, *, precision: str = "cast", **kw) -> Estimate:
     """One estimator by its spec, on its own, as a user calls it: what :func:`evaluate`
-    reproduces. ``kw``: the estimator's keywords (dtype, device, seed, ...)."""
+    reproduces. ``kw``: the estimator's keywords (dtype, device, seed, ...); ``precision``:
+    "cast" or "autocast" (:func:`policy`)."""
     _check_spec("spec", spec)
+    if precision != "cast" and spec["space"] != "outside" and hasattr(model, "with_output"):
+        # the reductions in the dtype autocast leaves the terms in: evaluate's path, one spec
+        return evaluate(model, x, n, estimators={"_": spec}, precision=precision, **kw)[("_", model.output)]
+    work, context = policy(precision, kw["dtype"], kw.get("device", "cpu"))
+    with context:
+        return _labelled(_estimate(model, x, n, spec, **{**kw, "dtype": work}), precision, kw["dtype"])
+
+
+def _estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
     if spec["space"] == "outside":
         from .sources import load_estimator, run_estimator
 
@@ -64,7 +104,8 @@ def estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype,
              estimators: Mapping[str, Mapping], outputs: tuple[str, ...] | None = None,
-             device: str | torch.device = "cpu", seed: int = 0) -> dict[tuple[str, str], Estimate]:
+             device: str | torch.device = "cpu", seed: int = 0,
+             precision: str = "cast") -> dict[tuple[str, str], Estimate]:
     """Every estimator in ``estimators`` for every likelihood parametrization in ``outputs``.
 
     ``estimators`` maps a name to a spec: ``{"space": "log", "accumulate": None | dtype}``,
@@ -72,17 +113,21 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     "package.module:function"}`` (:mod:`lvm.sources`; run on its own, sharing nothing). ``outputs`` defaults to the model's own.
     Returns ``{(name, output): Estimate}``, each equal bit for bit to ``log_space`` or
     ``prob_space`` on ``model.with_output(output)`` with the same seed. A model without
-    ``with_output`` (not a BernoulliLVM) is evaluated estimator by estimator.
+    ``with_output`` (not a BernoulliLVM) is evaluated estimator by estimator. ``precision``:
+    "cast" or "autocast" (:func:`policy`); under autocast each reduction runs in the dtype the
+    terms arrive in, as it would in a user's code under ``torch.autocast``.
     """
     for name, spec in estimators.items():
         _check_spec(f"estimators[{name!r}]", spec)
+    work, context = policy(precision, dtype, device)
     own = getattr(model, "output", None)
     outputs = tuple(outputs or (own,))
     if not hasattr(model, "with_output"):
         if outputs != (own,):
             raise InputError(f"outputs={outputs!r}: this model has no other parametrization; "
                              f"accepted: ({own!r},)")
-        return {(name, own): estimate(model, x, n_samples, spec, dtype=dtype, device=device, seed=seed)
+        return {(name, own): estimate(model, x, n_samples, spec, dtype=dtype, device=device, seed=seed,
+                                      precision=precision)
                 for name, spec in estimators.items()}
     for o in outputs:
         model.with_output(o)  # an InputError here names an output the model cannot give
@@ -90,10 +135,17 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     if outside:  # an outside estimator runs the model itself: nothing to share
         rest = {name: spec for name, spec in estimators.items() if name not in outside}
         out = evaluate(model, x, n_samples, dtype=dtype, estimators=rest, outputs=outputs, device=device,
-                       seed=seed) if rest else {}
+                       seed=seed, precision=precision) if rest else {}
         return out | {(name, o): estimate(model.with_output(o), x, n_samples, spec, dtype=dtype,
-                                          device=device, seed=seed)
+                                          device=device, seed=seed, precision=precision)
                       for name, spec in outside.items() for o in outputs}
+    with context:
+        out = _shared(model, x, n_samples, work, estimators, outputs, device, seed, as_given=precision != "cast")
+    return {k: _labelled(e, precision, dtype) for k, e in out.items()}
+
+
+def _shared(model, x, n_samples, dtype, estimators, outputs, device, seed, *, as_given: bool):
+    """The shared pass in ``dtype``; ``as_given``: reductions in the dtype the terms arrive in."""
     net = model.with_output("logits")  # the network up to its output
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, None)
     B = len(x)
@@ -102,11 +154,12 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
         first: _LogSum | None = None  # log sums of one output see the same terms: one set of diagnostics
         for name, spec in estimators.items():
             if spec["space"] == "log":
-                acc = parse_dtype(spec["accumulate"], argument="accumulate") if spec.get("accumulate") else dt
+                acc = (parse_dtype(spec["accumulate"], argument="accumulate") if spec.get("accumulate")
+                       else None if as_given else dt)
                 sums[name] = _LogSum(B, dt, acc, dev, diag=first.diag if first else None)
                 first = first or sums[name]
             elif _form(spec) == "exp":
-                sums[name] = _ProbSum(B, dt, dev, "exp")
+                sums[name] = _ProbSum(B, dt, dev, "exp", as_given=as_given)
     if any(streamed.values()):
         xd = x.to(dtype=dt)
         for z, _ in Draws(model, n, seed).chunks(CHUNK):
@@ -123,7 +176,7 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     out = {(name, o): acc.result(n, seed) for o, sums in streamed.items() for name, acc in sums.items()}
     products = [name for name, spec in estimators.items() if _form(spec) == "product"]
     if products:
-        acc = _ProbSum(B, dt, dev, "product")
+        acc = _ProbSum(B, dt, dev, "product", as_given=as_given)
         for z, _ in Draws(model, n, seed).chunks(_product_chunk(B, x.shape[1])):
             acc.add(net.pixel_probs(x, z.to(dev), dt).prod(-1))
         est = acc.result(n, seed)
