@@ -1,4 +1,4 @@
-"""`lvm-bench` command line: run, report, compare, train, models.
+"""`lvm-bench` command line: run, report, compare, diagnose, train, models.
 
 Exit codes: 0 success, 1 a regression (compare), 2 bad input, 130 interrupted.
 """
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-samples", "model": "model",
-              "parametrization": "parametrization", "device": "device"}
+              "parametrization": "parametrization", "device": "device", "precision": "precision"}
 
 
 def _terminated(signum, frame):
@@ -90,6 +90,34 @@ def _compare(args: argparse.Namespace) -> int:
     return compare_main(args)
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    import json
+
+    from lvm.numerics import DTYPES
+    from lvm.shared import PRECISIONS
+
+    from .config import ESTIMATORS
+    from .diagnose import diagnose
+
+    def listed(value, default):
+        return [v.strip() for v in value.split(",") if v.strip()] if value else list(default)
+
+    try:
+        ns = [int(v) for v in listed(args.n_samples, ["1000"])]
+    except ValueError as e:
+        from lvm.errors import InputError
+
+        raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive integers") from e
+    result = diagnose(args.model, data=args.data, n_data=args.n_data, dtypes=listed(args.dtype, DTYPES),
+                      estimators=listed(args.estimator, ESTIMATORS), precisions=listed(args.precision, PRECISIONS),
+                      n_samples=ns, seed=args.seed, cache_dir=args.cache_dir,
+                      truth=False if args.no_truth else None)
+    print(json.dumps(result.to_json(), indent=2) if args.format == "json" else result.text())
+    if args.expect:
+        return 0 if result.verdict(args.expect) else 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvm-bench", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -134,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--format", choices=("table", "markdown", "json"), default="table")
     c.add_argument("--output", help="also write the report to this file")
     c.set_defaults(func=_compare)
+
+    d = sub.add_parser("diagnose", help="is this model's estimate safe in each dtype? a verdict table")
+    d.add_argument("--model", required=True, help="a zoo name, package.module:factory, or a decoder file")
+    d.add_argument("--data", default="mnist-5k", help="mnist-5k (default), mnist, a .npy/.npz/IDX file or "
+                   "package.module:factory")
+    d.add_argument("--n-data", dest="n_data", type=int, default=32, help="digits (default 32)")
+    d.add_argument("--dtype", metavar="A,B,...", help="default: all four")
+    d.add_argument("--estimator", metavar="A,B,...", help="default: the four built-in estimators")
+    d.add_argument("--precision", metavar="A,B,...", help="cast, autocast (default: both)")
+    d.add_argument("--n-samples", dest="n_samples", metavar="N,...", help="default: 1000")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--no-truth", action="store_true", help="skip the quadrature check at K <= 2")
+    d.add_argument("--format", choices=("text", "json"), default="text")
+    d.add_argument("--expect", metavar="DTYPE/ESTIMATOR/PRECISION",
+                   help="exit 0 when this setting is safe, 1 when it is not (a gate for your CI)")
+    d.add_argument("--cache-dir", help="where models and ground truth are cached")
+    d.set_defaults(func=_diagnose)
 
     t = sub.add_parser("train", help="train named decoders into a checkpoint directory")
     t.add_argument("names", nargs="*", help="model names (default: all trainable)")

@@ -130,6 +130,12 @@ def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, 
     assert "log_mean_exp" in (out / "report.md").read_text()
     assert main(["compare", str(out), str(out)]) == 0
     capsys.readouterr()
+    assert main(["diagnose", "--model", f"mine={PKG}.models:decoder", "--data", str(pkg / "digits.npz"),
+                 "--n-data", "6", "--n-samples", "50", "--estimator", "log_space,log_mean_exp:log_mean_exp",
+                 "--format", "json", "--cache-dir", cache_dir, "--expect", "float64/log_mean_exp:log_mean_exp/cast"]) == 0
+    verdicts = json.loads(capsys.readouterr().out)
+    assert verdicts["model"] == "mine" and verdicts["data"]["dim"] == 100 and verdicts["truth"] == "quadrature"
+    assert {r["estimator"] for r in verdicts["rows"]} == {"log_space", "log_mean_exp:log_mean_exp"}
 
 
 BAD = [
