@@ -153,9 +153,10 @@ class DaskExecutor:
             cfg = ctx.config
             futures = {}
             data = cfg.to_dict()  # one copy for all cells
-            for group in groups(cells):
+            # the longest groups (largest N) first, so no worker is left with one at the end: submitted
+            # in that order (a worker starts the first task it gets) and with that priority
+            for group in sorted(groups(cells), key=lambda g: -g[0].n_samples):
                 c = group[0]
-                # the longest groups (largest N) first, so no worker is left with one at the end
                 resources = {"GPU": 1} if c.device in ("cuda", "mps") else None
                 f = client.submit(remote_group, data, cfg.source, [dataclasses.astuple(g) for g in group],
                                   ctx.cache_dir, key=f"group-{c.model}-{c.device}-{c.n_samples}-{c.key}",
