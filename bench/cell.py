@@ -115,7 +115,8 @@ class Context:
                                           progress=self.progress)
                 if hasattr(base, "data_dim") and base.data_dim != self.x.shape[1]:
                     raise RunError(f"model {name!r} has data_dim {base.data_dim}, but "
-                                   f"{self.config.run['dataset']} has {self.x.shape[1]} pixels per datapoint; "
+                                   f"{self.config.run['dataset']} has {self.x.shape[1]} pixels per "
+                                   "datapoint; "
                                    "accepted: a model and data of the same dimension")
                 self._models[(name, None)] = base
             self._models[key] = base.with_output(parametrization) if hasattr(base, "with_output") else base

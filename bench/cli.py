@@ -107,9 +107,11 @@ def _diagnose(args: argparse.Namespace) -> int:
     except ValueError as e:
         from lvm.errors import InputError
 
-        raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive integers") from e
+        raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive "
+                         "integers") from e
     result = diagnose(args.model, data=args.data, n_data=args.n_data, dtypes=listed(args.dtype, DTYPES),
-                      estimators=listed(args.estimator, ESTIMATORS), precisions=listed(args.precision, PRECISIONS),
+                      estimators=listed(args.estimator, ESTIMATORS),
+                      precisions=listed(args.precision, PRECISIONS),
                       n_samples=ns, seed=args.seed, cache_dir=args.cache_dir,
                       truth=False if args.no_truth else None)
     print(json.dumps(result.to_json(), indent=2) if args.format == "json" else result.text())

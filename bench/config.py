@@ -116,7 +116,8 @@ class Cell:
     def label(self) -> str:
         """The cell for people: ``log_space float32 N=100 untrained-k2 logits cpu``."""
         return (f"{self.estimator} {self.dtype} N={self.n_samples} {self.model} "
-                f"{self.parametrization} {self.device}" + ("" if self.precision == "cast" else f" {self.precision}"))
+                f"{self.parametrization} {self.device}"
+                + ("" if self.precision == "cast" else f" {self.precision}"))
 
     def axes(self) -> dict[str, Any]:
         """The axes as a dict, in grid order."""
@@ -164,7 +165,8 @@ class Config:
             if reason:
                 pass
             elif cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
-                reason = "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
+                reason = ("autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the "
+                          "cast policy")
             elif cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
                 reason = "float32 accumulation only differs from log_space below float32"
             else:
@@ -359,7 +361,8 @@ def _check_axes(data: dict, source: str) -> None:
         if (key not in DTYPES and key not in grid["estimator"] and key not in PRECISIONS
                 or not isinstance(cap, int) or cap <= 0):
             raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
-                              f"({', '.join(DTYPES)}), an estimator of the grid ({', '.join(grid['estimator'])}) "
+                              f"({', '.join(DTYPES)}), an estimator of the grid "
+                              f"({', '.join(grid['estimator'])}) "
                               f"or a precision policy ({', '.join(PRECISIONS)}) mapped to a positive integer")
     for key, why in data["limits"]["reasons"].items():
         if key not in data["limits"]["max_n_samples"] or not isinstance(why, str):

@@ -94,10 +94,12 @@ class Diagnosis:
         parts = setting.split("/")
         if len(parts) == 2:
             parts.append("cast")
-        rows = [r for r in self.rows if len(parts) == 3 and (r.dtype, r.estimator, r.precision) == tuple(parts)]
+        rows = [r for r in self.rows
+                if len(parts) == 3 and (r.dtype, r.estimator, r.precision) == tuple(parts)]
         if not rows:
             have = sorted({r.setting for r in self.rows})
-            raise InputError(f"--expect {setting!r} is not a diagnosed setting; accepted: DTYPE/ESTIMATOR/PRECISION, "
+            raise InputError(f"--expect {setting!r} is not a diagnosed setting; accepted: "
+                             "DTYPE/ESTIMATOR/PRECISION, "
                              f"one of {', '.join(have)}")
         return all(r.safe for r in rows)
 
@@ -123,9 +125,11 @@ class Diagnosis:
         if rec is None:
             tail = "Recommendation: none of these settings is safe; try a larger N or log space in float64."
         else:
-            tail = (f"Recommendation: {rec.setting}, the fastest safe setting here ({fmt_num(rec.seconds)} s per "
+            tail = (f"Recommendation: {rec.setting}, the fastest safe setting here "
+                    f"({fmt_num(rec.seconds)} s per "
                     f"estimate of {self.n_data} digits at N = {rec.n_samples}): its rounding error "
-                    f"{fmt_num(rec.rounding_error)} nats stays below its Monte Carlo error {fmt_num(rec.mc_se)}.")
+                    f"{fmt_num(rec.rounding_error)} nats stays below its Monte Carlo error "
+                    f"{fmt_num(rec.mc_se)}.")
         return "\n".join([head, "", table(rows, "text"), "", tail])
 
 
@@ -172,9 +176,11 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
         rows = []
         for n in ns:
             rows += _rows(model, x, n, seed, dtypes, specs, precisions, ref)
+    method = "quadrature" if model.latent_dim <= QUADRATURE_K else "importance"
     return Diagnosis(sources.parse_model(model_spec).label, dict(dataset.identity), rows,
-                     None if ref is None else ("quadrature" if model.latent_dim <= QUADRATURE_K else "importance"),
-                     n_data, {"cpu_capability": cpu_capability(), "torch": torch.__version__, "threads": torch.get_num_threads()})
+                     None if ref is None else method, n_data,
+                     {"cpu_capability": cpu_capability(), "torch": torch.__version__,
+                      "threads": torch.get_num_threads()})
 
 
 def _rows(model, x, n, seed, dtypes, specs, precisions, ref) -> list[Verdict]:
@@ -197,7 +203,8 @@ def _rows(model, x, n, seed, dtypes, specs, precisions, ref) -> list[Verdict]:
                 t0 = time.perf_counter()
                 estimate(model, x, n, spec, dtype=dt, seed=seed, precision=prec)
                 seconds = time.perf_counter() - t0
-                out.append(_verdict(dt, name, prec, n, est.log_px.numpy(), replay, mc_se, below[dt], seconds, ref))
+                out.append(_verdict(dt, name, prec, n, est.log_px.numpy(), replay, mc_se, below[dt], seconds,
+                                    ref))
     return out
 
 
@@ -212,10 +219,12 @@ def _verdict(dt, name, prec, n, v, replay, mc_se, below, seconds, ref) -> Verdic
         why.append(f"{fmt_pct(under)} of estimates −∞ ({fmt_pct(below)} of log p(x|z) below {dt}'s floor "
                    f"{fmt_num(dtype_facts(dt).log_min_subnormal)})")
     if over:
-        why.append(f"{fmt_pct(over)} NaN/+∞ (a sum past {dt}'s largest value {fmt_num(math.exp(dtype_facts(dt).log_max))})")
+        largest = fmt_num(math.exp(dtype_facts(dt).log_max))
+        why.append(f"{fmt_pct(over)} NaN/+∞ (a sum past {dt}'s largest value {largest})")
     if math.isfinite(rounding) and rounding >= mc_se:
         why.append(f"rounding {fmt_num(rounding)} ≥ Monte Carlo s.e. {fmt_num(mc_se)} nats")
     safe = not why
     if safe:
         why.append(f"rounding {fmt_num(rounding)} < Monte Carlo s.e. {fmt_num(mc_se)} nats")
-    return Verdict(dt, name, prec, n, under, over, below, rounding, mc_se, seconds, truth_err, safe, "; ".join(why))
+    return Verdict(dt, name, prec, n, under, over, below, rounding, mc_se, seconds, truth_err, safe,
+                   "; ".join(why))

@@ -15,4 +15,5 @@ import lvm
 
 def log_mean_exp(model, x, n_samples, *, dtype, device="cpu", seed=0):
     z = lvm.draw(model, n_samples, seed=seed)
-    return torch.logsumexp(model.log_likelihood(x.to(device), z.to(device), dtype), dim=-1) - math.log(n_samples)
+    ll = model.log_likelihood(x.to(device), z.to(device), dtype)
+    return torch.logsumexp(ll, dim=-1) - math.log(n_samples)

@@ -38,9 +38,9 @@ from .model import bernoulli_log_likelihood
 from .numerics import dtype_name, parse_dtype
 from .runtime import check_device
 
-SPACES = ("log", "prob", "outside")
+SPACES = ("log", "prob", "outside")  # outside: {"space": "outside", "path": "package.module:function"}
 PRECISIONS = ("cast", "autocast")
-AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)  # outside: {"space": "outside", "path": "package.module:function"}
+AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def _check_spec(argument: str, spec: Mapping) -> None:
@@ -110,7 +110,8 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
 
     ``estimators`` maps a name to a spec: ``{"space": "log", "accumulate": None | dtype}``,
     ``{"space": "prob", "form": "product" | "exp"}`` or ``{"space": "outside", "path":
-    "package.module:function"}`` (:mod:`lvm.sources`; run on its own, sharing nothing). ``outputs`` defaults to the model's own.
+    "package.module:function"}`` (:mod:`lvm.sources`; run on its own, sharing nothing).
+    ``outputs`` defaults to the model's own.
     Returns ``{(name, output): Estimate}``, each equal bit for bit to ``log_space`` or
     ``prob_space`` on ``model.with_output(output)`` with the same seed. A model without
     ``with_output`` (not a BernoulliLVM) is evaluated estimator by estimator. ``precision``:
@@ -140,7 +141,8 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
                                           device=device, seed=seed, precision=precision)
                       for name, spec in outside.items() for o in outputs}
     with context:
-        out = _shared(model, x, n_samples, work, estimators, outputs, device, seed, as_given=precision != "cast")
+        out = _shared(model, x, n_samples, work, estimators, outputs, device, seed,
+                      as_given=precision != "cast")
     return {k: _labelled(e, precision, dtype) for k, e in out.items()}
 
 

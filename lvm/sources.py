@@ -181,8 +181,9 @@ def _from_factory(made: Any, spec: str):
     if isinstance(made, dict):
         missing = [k for k in ("decoder", "latent_dim", "output") if k not in made]
         if missing or not isinstance(made["decoder"], nn.Module):
-            raise InputError(f"{where}: the factory's dict lacks {', '.join(missing) or 'an nn.Module decoder'}; "
-                             "accepted: {'decoder': nn.Module, 'latent_dim': K, 'output': 'logits' | 'probs'}")
+            lacks = ", ".join(missing) or "an nn.Module decoder"
+            raise InputError(f"{where}: the factory's dict lacks {lacks}; accepted: {{'decoder': nn.Module, "
+                             "'latent_dim': K, 'output': 'logits' | 'probs'}")
         return _decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
     if isinstance(made, nn.Module) and not hasattr(made, "log_likelihood"):
         if not hasattr(made, "latent_dim") or not hasattr(made, "output"):

@@ -103,7 +103,8 @@ def pkg(tmp_path_factory) -> Path:
 
 
 def _run(cfg: Path, out: Path, cache: str, *extra: str) -> int:
-    return main(["run", "--config", str(cfg), "--out", str(out), "--cache-dir", cache, "--no-progress", *extra])
+    return main(["run", "--config", str(cfg), "--out", str(out), "--cache-dir", cache, "--no-progress",
+                 *extra])
 
 
 def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, cache_dir, capsys):
@@ -115,7 +116,8 @@ def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, 
     assert set(cells.state) == {"outside"} and set(cells.latent_dim) == {2}
     meta = json.loads((out / "meta.json").read_text())
     assert meta["models"]["mine/logits"]["source"] == f"{PKG}.models:decoder"
-    assert meta["models"]["sd/probs"]["kind"] == "file" and len(meta["models"]["sd/probs"]["fingerprint"]) == 64
+    sd = meta["models"]["sd/probs"]
+    assert sd["kind"] == "file" and len(sd["fingerprint"]) == 64
     bits = np.load(pkg / "digits.npz")["test"]
     assert meta["dataset"]["sha256"] == lvm.data._sha256(bits) and meta["dataset"]["dim"] == 100
     # the outside estimator draws lvm.draw's z: in float64 it is log_space up to summation order
@@ -132,9 +134,11 @@ def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, 
     capsys.readouterr()
     assert main(["diagnose", "--model", f"mine={PKG}.models:decoder", "--data", str(pkg / "digits.npz"),
                  "--n-data", "6", "--n-samples", "50", "--estimator", "log_space,log_mean_exp:log_mean_exp",
-                 "--format", "json", "--cache-dir", cache_dir, "--expect", "float64/log_mean_exp:log_mean_exp/cast"]) == 0
+                 "--format", "json", "--cache-dir", cache_dir,
+                 "--expect", "float64/log_mean_exp:log_mean_exp/cast"]) == 0
     verdicts = json.loads(capsys.readouterr().out)
-    assert verdicts["model"] == "mine" and verdicts["data"]["dim"] == 100 and verdicts["truth"] == "quadrature"
+    assert verdicts["model"] == "mine" and verdicts["data"]["dim"] == 100
+    assert verdicts["truth"] == "quadrature"
     assert {r["estimator"] for r in verdicts["rows"]} == {"log_space", "log_mean_exp:log_mean_exp"}
 
 

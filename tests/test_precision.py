@@ -32,7 +32,8 @@ def test_autocast_shared_pass_equals_each_estimator_alone(trained, dtype):
     out = evaluate(model, x, 2500, dtype=dtype, estimators=ESTIMATORS, outputs=("logits", "probs"), seed=7,
                    precision="autocast")
     for (name, o), est in out.items():
-        alone = estimate(model.with_output(o), x, 2500, ESTIMATORS[name], dtype=dtype, seed=7, precision="autocast")
+        alone = estimate(model.with_output(o), x, 2500, ESTIMATORS[name], dtype=dtype, seed=7,
+                         precision="autocast")
         assert torch.equal(est.log_px, alone.log_px), (name, o)
         assert est.dtype == dtype and est.meta["precision"] == "autocast"
 
@@ -109,7 +110,8 @@ def test_sweep_with_both_policies_reports_them_side_by_side(tmp_path, cache_dir,
     assert set(zip(cells.dtype, cells.precision, strict=True)) == {
         ("bfloat16", "cast"), ("bfloat16", "autocast"), ("float32", "cast")}
     excluded = json.loads((out / "meta.json").read_text())["excluded_cells"]
-    assert len(excluded) == 4 and all("autocast lowers to float16 or bfloat16 only" in e["reason"] for e in excluded)
+    assert len(excluded) == 4
+    assert all("autocast lowers to float16 or bfloat16 only" in e["reason"] for e in excluded)
     md = (out / "report.md").read_text()
     assert "## Precision policy: cast or autocast" in md and (out / "figures" / "fig8_precision.png").exists()
     t = pd.read_csv(out / "tables" / "precision.csv")
