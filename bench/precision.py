@@ -42,9 +42,11 @@ def table(run: Run) -> pd.DataFrame:
         lo, hi = wilson(k, n)
         top = g[g["n_samples"] == g["n_samples"].max()]["bias"].dropna()
         rows.append({"estimator": est, "dtype": dt, "precision": prec, "cells": len(g), "estimates": n,
-                     "underflow_rate": k / n if n else np.nan, "underflow_ci_low": lo, "underflow_ci_high": hi,
+                     "underflow_rate": k / n if n else np.nan,
+                     "underflow_ci_low": lo, "underflow_ci_high": hi,
                      "rounding_error_median": g["rounding_error_mean"].median(),
-                     "largest_n": int(g["n_samples"].max()), "bias_at_largest_n": top.mean() if len(top) else np.nan})
+                     "largest_n": int(g["n_samples"].max()),
+                     "bias_at_largest_n": top.mean() if len(top) else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -54,7 +56,8 @@ def display(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "estimator": t["estimator"], "dtype": t["dtype"], "precision": t["precision"],
         "underflow rate [95% CI]": [f"{fmt_pct(r)} [{fmt_pct(a)}, {fmt_pct(b)}]" for r, a, b in
-                                    zip(t["underflow_rate"], t["underflow_ci_low"], t["underflow_ci_high"], strict=True)],
+                                    zip(t["underflow_rate"], t["underflow_ci_low"], t["underflow_ci_high"],
+                                        strict=True)],
         "median rounding error (nats)": t["rounding_error_median"].map(fmt_num),
         "bias at largest N (nats)": [f"{fmt_num(b)} (N = {n})" for b, n in
                                      zip(t["bias_at_largest_n"], t["largest_n"], strict=True)]})
@@ -79,22 +82,24 @@ def finding(run: Run) -> Finding | None:
         text = f"{est} at {dt} ({fmt_pct(c)} of estimates −∞ cast, {fmt_pct(a)} under autocast)"
         (rescued if a == 0 else not_rescued).append(text)
     if not rescued and not not_rescued:
-        return Finding("Neither policy underflowed for any estimator measured under both cast and autocast.", nums)
+        return Finding("Neither policy underflowed for any estimator measured under both cast and "
+                       "autocast.", nums)
     floor = dtype_facts("float32").log_min_subnormal
     parts = []
     if rescued:
         parts.append(f"Autocast rescues {join(rescued)}")
     if not_rescued:
         parts.append(f"it cannot rescue {join(not_rescued)}: what autocast leaves in float32 still "
-                     f"underflows below {fmt_num(floor)} nats, and what it leaves in the low dtype below that "
-                     "dtype's floor")
+                     f"underflows below {fmt_num(floor)} nats, and what it leaves in the low dtype below "
+                     "that dtype's floor")
     return Finding("; ".join(parts) + ".", nums)
 
 
 def figure(run: Run, o: Order) -> K.FigureSpec:
     spec = K.FigureSpec(STEM, TITLE,
-                        "Underflow rate (share of estimates = −∞) against N for each (estimator, dtype) measured "
-                        "under both policies, pooled over models and parametrizations. Solid: cast (the model "
+                        "Underflow rate (share of estimates = −∞) against N for each (estimator, dtype) "
+                        "measured under both policies, pooled over models and parametrizations. Solid: cast "
+                        "(the model "
                         "and every reduction in the dtype); dashed: torch.autocast (float32 model, linear "
                         "layers and matrix products in the dtype, other ops as autocast leaves them).")
     d = _measured(run)

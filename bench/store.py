@@ -343,7 +343,8 @@ class Run:
     def ok(self) -> pd.DataFrame:
         """The measured cells (status ok) of the cast policy: what the report's figures, tables
         and findings read (:mod:`bench.precision` sets autocast cells beside them)."""
-        cast = self.cells["precision"] == "cast" if "precision" in self.cells else True  # a frame made by hand
+        # a frame made by hand may lack the precision column: then every cell is cast
+        cast = self.cells["precision"] == "cast" if "precision" in self.cells else True
         return self.cells[(self.cells["status"] == "ok") & cast]
 
     @cached_property
