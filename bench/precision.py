@@ -89,7 +89,7 @@ def finding(run: Run) -> Finding | None:
     if rescued:
         parts.append(f"Autocast rescues {join(rescued)}")
     if not_rescued:
-        parts.append(f"it cannot rescue {join(not_rescued)}: what autocast leaves in float32 still "
+        parts.append(f"{'it' if rescued else 'Autocast'} cannot rescue {join(not_rescued)}: what autocast leaves in float32 still "
                      f"underflows below {fmt_num(floor)} nats, and what it leaves in the low dtype below "
                      "that dtype's floor")
     return Finding("; ".join(parts) + ".", nums)
