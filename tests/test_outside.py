@@ -90,6 +90,10 @@ def pkg(tmp_path_factory) -> Path:
         arch = architecture(2, hidden=16, layers=1, output="logits", data_dim=100)
         torch.save(build(arch, seed=1).decoder.state_dict(), d / "weights.pt")
         (d / "weights.json").write_text(json.dumps({"architecture": arch}))
+        dist = d / "lvmb_outside_pkg-0.1.dist-info"  # an installed package registering an estimator
+        dist.mkdir()
+        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lvmb-outside-pkg\nVersion: 0.1\n")
+        (dist / "entry_points.txt").write_text("[lvm_bench.estimators]\nlme = log_mean_exp:log_mean_exp\n")
         (d / "garbage.pt").write_bytes(b"not a model at all")
         (d / "garbage.json").write_text(json.dumps({"architecture": arch}))
         g = np.random.default_rng(0)
@@ -175,3 +179,18 @@ def test_log_mean_exp_example_matches_log_space_in_float64(pkg):
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
     low = log_mean_exp(model, x, 500, dtype="float16", seed=4).double()
     assert not torch.equal(low, ref)  # float16 rounding shows: the suite measures how much
+
+
+def test_an_entry_point_registers_an_estimator_by_name(pkg):
+    from bench.config import estimator_spec
+    from lvm import sources
+    from lvm.shared import estimate
+
+    assert sources.estimator_entry_points()["lme"] == "log_mean_exp:log_mean_exp"
+    assert estimator_spec("lme") == {"space": "outside", "form": None, "accumulate": None,
+                                     "path": "log_mean_exp:log_mean_exp"}
+    model = lvm.zoo.get("untrained-k2")
+    x = lvm.data.load("mnist-5k", "test").x[:3]
+    est = estimate(model, x, 100, estimator_spec("lme"), dtype="float64", seed=1)
+    torch.testing.assert_close(est.log_px, lvm.log_space(model, x, 100, dtype="float64", seed=1).log_px,
+                               rtol=0, atol=1e-10)
