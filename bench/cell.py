@@ -109,24 +109,26 @@ class Context:
         likelihood parametrization; a model object without ``with_output`` has only its own."""
         key = (name, parametrization)
         if key not in self._models:
-            base = self._models.get((name, None))
-            if base is None:
-                base = sources.load_model(self.config.models[name], cache_dir=self.cache_dir,
-                                          progress=self.progress)
-                if hasattr(base, "data_dim") and base.data_dim != self.x.shape[1]:
-                    raise RunError(f"model {name!r} has data_dim {base.data_dim}, but "
-                                   f"{self.config.run['dataset']} has {self.x.shape[1]} pixels per "
-                                   "datapoint; "
-                                   "accepted: a model and data of the same dimension")
-                self._models[(name, None)] = base
+            base = self._base(name)
             self._models[key] = base.with_output(parametrization) if hasattr(base, "with_output") else base
         return self._models[key]
+
+    def _base(self, name: str) -> lvm.LatentVariableModel:
+        """The model as its spec gives it, loaded once and checked against the data's dimension."""
+        if (name, None) not in self._models:
+            base = sources.load_model(self.config.models[name], cache_dir=self.cache_dir,
+                                      progress=self.progress)
+            if hasattr(base, "data_dim") and base.data_dim != self.x.shape[1]:
+                raise RunError(f"model {name!r} has data_dim {base.data_dim}, but "
+                               f"{self.config.run['dataset']} has {self.x.shape[1]} pixels per datapoint; "
+                               "accepted: a model and data of the same dimension")
+            self._models[(name, None)] = base
+        return self._models[(name, None)]
 
     def exact(self, name: str) -> lvm.LatentVariableModel:
         """The model the ground truth and the figures use: its logits view where it has one
         (the exact likelihood, no clamped probabilities), else the model as given."""
-        self.model(name, self.config.grid["parametrization"][0])
-        base = self._models[(name, None)]
+        base = self._base(name)
         try:
             return self.model(name, "logits")
         except InputError:

@@ -13,6 +13,7 @@ import itertools
 import re
 import tomllib
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ class Config:
     def grid(self) -> dict[str, list]:
         return self.data["grid"]
 
-    @property
+    @cached_property
     def models(self) -> dict[str, sources.ModelSpec]:
         """grid.model as {label: spec}: labels are what cells.csv's ``model`` column holds."""
         return {ms.label: ms for ms in map(sources.parse_model, self.grid["model"])}
@@ -161,25 +162,26 @@ class Config:
         axes = {**self.grid, "model": list(self.models)}
         for combo in itertools.product(*(axes[p] for p in PARAM_NAMES)):
             cell = Cell(*combo)
-            reason = unavailable.get((cell.model, cell.parametrization))
-            if reason:
-                pass
-            elif cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
-                reason = ("autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the "
-                          "cast policy")
-            elif cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
-                reason = "float32 accumulation only differs from log_space below float32"
-            else:
-                for axis_value in (cell.dtype, cell.estimator, cell.precision):
-                    if axis_value in caps and cell.n_samples > caps[axis_value]:
-                        why = self.data["limits"]["reasons"].get(axis_value)
-                        reason = (f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
-                                  + (f": {why}" if why else ""))
+            reason = unavailable.get((cell.model, cell.parametrization)) or self._exclusion(cell, caps)
             if reason:
                 excluded.append({"cell": cell.key, "reason": reason})
             else:
                 cells.append(cell)
         return cells, excluded
+
+    def _exclusion(self, cell: Cell, caps: dict[str, int]) -> str | None:
+        """Why the grid's rules leave ``cell`` out, or None."""
+        if cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
+            return "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
+        if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
+            return "float32 accumulation only differs from log_space below float32"
+        reason = None
+        for axis_value in (cell.dtype, cell.estimator, cell.precision):
+            if axis_value in caps and cell.n_samples > caps[axis_value]:
+                why = self.data["limits"]["reasons"].get(axis_value)
+                reason = (f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
+                          + (f": {why}" if why else ""))
+        return reason
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.data)

@@ -168,15 +168,14 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
     if getattr(model, "data_dim", x.shape[1]) != x.shape[1]:
         raise InputError(f"--model {model_spec!r} has data_dim {model.data_dim}, --data {data!r} has "
                          f"{x.shape[1]} pixels; accepted: the same dimension")
+    method = "quadrature" if model.latent_dim <= QUADRATURE_K else "importance"
     with set_torch_threads(threads or torch.get_num_threads()):
         ref = None
-        if truth or (truth is None and model.latent_dim <= QUADRATURE_K):
-            ref = log_marginal(model, x, "quadrature" if model.latent_dim <= QUADRATURE_K else "importance",
-                               seed=seed, cache_dir=cache_dir).log_px.numpy()
+        if truth or (truth is None and method == "quadrature"):
+            ref = log_marginal(model, x, method, seed=seed, cache_dir=cache_dir).log_px.numpy()
         rows = []
         for n in ns:
             rows += _rows(model, x, n, seed, dtypes, specs, precisions, ref)
-    method = "quadrature" if model.latent_dim <= QUADRATURE_K else "importance"
     return Diagnosis(sources.parse_model(model_spec).label, dict(dataset.identity), rows,
                      None if ref is None else method, n_data,
                      {"cpu_capability": cpu_capability(), "torch": torch.__version__,

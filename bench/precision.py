@@ -89,7 +89,8 @@ def finding(run: Run) -> Finding | None:
     if rescued:
         parts.append(f"Autocast rescues {join(rescued)}")
     if not_rescued:
-        parts.append(f"{'it' if rescued else 'Autocast'} cannot rescue {join(not_rescued)}: what autocast leaves in float32 still "
+        who = "it" if rescued else "Autocast"
+        parts.append(f"{who} cannot rescue {join(not_rescued)}: what autocast leaves in float32 still "
                      f"underflows below {fmt_num(floor)} nats, and what it leaves in the low dtype below "
                      "that dtype's floor")
     return Finding("; ".join(parts) + ".", nums)

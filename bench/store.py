@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from lvm import zoo
 from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a binary file
 from lvm.errors import InputError
 
-from .config import PARAM_NAMES, Cell
+from .config import PARAM_NAMES, Cell, model_facts
 from .metrics import NUMERIC
 
 FORMAT_VERSION = 1
@@ -315,15 +314,9 @@ def _numeric_cells(cells: pd.DataFrame) -> pd.DataFrame:
     if cells["space"].isna().any():
         cells["space"] = cells["space"].fillna(cells["estimator"].str.split("_").str[0])
     if cells["latent_dim"].isna().any():
-        cells["latent_dim"] = cells["latent_dim"].fillna(cells["model"].map(_latent_dim))
+        cells["latent_dim"] = cells["latent_dim"].fillna(
+            cells["model"].map(lambda m: float(model_facts(m)[1] or np.nan)))
     return cells
-
-
-def _latent_dim(model: str) -> float:
-    try:
-        return float(zoo.parse(model).latent_dim)
-    except InputError:
-        return float("nan")
 
 
 @dataclass
