@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
+from tiny import run_cli as _run
 from tiny import tiny_toml
 
 import bench.store
-from bench.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = tiny_toml(grid={"dtype": ["float32"], "estimator": ["log_space"], "device": ["cpu"]})
@@ -32,10 +32,6 @@ def small(tmp_path) -> Path:
     p = tmp_path / "small.toml"
     p.write_text(SMALL)
     return p
-
-
-def _run(*args: str, cache: str) -> int:
-    return main(["run", *args, "--cache-dir", cache, "--no-progress"])
 
 
 def _meta(out: Path) -> dict:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tiny import run_cli as _cli
 from tiny import tiny_toml
 
-from bench.cli import main
 from bench.metrics import TIMING_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,10 +28,6 @@ def tiny(tmp_path) -> Path:
     p = tmp_path / "tiny.toml"
     p.write_text(TINY)
     return p
-
-
-def _cli(*args: str, cache: str) -> int:
-    return main(["run", *args, "--cache-dir", cache, "--no-progress"])
 
 
 def _numbers(table: pd.DataFrame) -> pd.DataFrame:

@@ -18,3 +18,10 @@ def tiny_toml(run: dict | None = None, grid: dict | None = None) -> str:
         lines.append(f"[{section}]")
         lines += [f"{k} = {json.dumps(v)}" for k, v in body.items()]
     return "\n".join(lines) + "\n"
+
+
+def run_cli(*args: str, cache: str) -> int:
+    """``lvm-bench run ARGS`` in this process, with the tests' model and ground-truth cache."""
+    from bench.cli import main
+
+    return main(["run", *args, "--cache-dir", cache, "--no-progress"])
