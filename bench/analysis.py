@@ -127,6 +127,17 @@ def throughput(run: Run) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- summary
 
 
+def resolved_bias_at_largest_n(g: pd.DataFrame) -> float:
+    """Mean bias at the group's largest N over the cells whose bias the ground truth resolves."""
+    top = g[(g["n_samples"] == g["n_samples"].max()) & (g["bias_resolved"] == 1)]["bias"].dropna()
+    return top.mean() if len(top) else np.nan
+
+
+def bias_display(t: pd.DataFrame) -> list[str]:
+    return [f"{fmt_num(b) if np.isfinite(b) else 'none resolved'} (N = {n})"
+            for b, n in zip(t["bias_at_largest_n"], t["largest_n"], strict=True)]
+
+
 def summary_table(run: Run) -> pd.DataFrame:
     """One row per (estimator, dtype): underflow, rounding, bias at the largest N, throughput."""
     ok, o = run.ok, order(run)
@@ -140,13 +151,12 @@ def summary_table(run: Run) -> pd.DataFrame:
             k, n = pooled(g)
             nf, _ = pooled(g, "nonfinite_rate")
             lo, hi = wilson(k, n)
-            top = g[g["n_samples"] == g["n_samples"].max()]["bias"].dropna()
             row = {"estimator": est, "dtype": dt, "cells": len(g), "estimates": n,
                    "underflow_rate": k / n if n else np.nan, "underflow_ci_low": lo, "underflow_ci_high": hi,
                    "nonfinite_rate": nf / n if n else np.nan,
                    "rounding_error_median": g["rounding_error_mean"].median(),
                    "largest_n": int(g["n_samples"].max()),
-                   "bias_at_largest_n": top.mean() if len(top) else np.nan}
+                   "bias_at_largest_n": resolved_bias_at_largest_n(g)}
             for dev in o.devices:
                 r = t[(t["device"] == dev) & (t["estimator"] == est) & (t["dtype"] == dt)]
                 row[f"terms_per_s_{dev}"] = float(r["terms_per_s"].iloc[0]) if len(r) else np.nan
@@ -164,8 +174,7 @@ def summary_display(s: pd.DataFrame) -> pd.DataFrame:
                                           strict=True)]
     out["NaN/+∞ rate"] = s["nonfinite_rate"].map(fmt_pct)
     out["median rounding error (nats)"] = s["rounding_error_median"].map(fmt_num)
-    out["bias at largest N (nats)"] = [f"{fmt_num(b)} (N = {n})" for b, n in
-                                       zip(s["bias_at_largest_n"], s["largest_n"], strict=True)]
+    out["bias at largest N (nats)"] = bias_display(s)
     for c in s.columns:
         if c.startswith("terms_per_s_"):
             out[f"terms/s, {c.removeprefix('terms_per_s_')}"] = s[c].map(fmt_rate)

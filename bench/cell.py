@@ -173,7 +173,8 @@ class Context:
             run = self.config.run
             t0 = time.perf_counter()
             ref = lvm.log_marginal(self.exact(name), self.x, run["reference"],
-                                   n_samples=run["reference_samples"], seed=run["seed"],
+                                   n_samples=run["reference_samples"], target_se=run["reference_se"],
+                                   seed=run["seed"],
                                    cache_dir=self.cache_dir)
             self.truths[name] = {"log_px": ref.log_px.numpy(), "se": ref.se.numpy(),
                                  "method": ref.method, "seconds": time.perf_counter() - t0,

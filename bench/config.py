@@ -41,14 +41,14 @@ DEVICES = ("cpu", "cuda", "mps")
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "run": {"name": str, "seed": int, "dataset": str, "split": str, "n_data": int, "repeats": int,
             "warmup": int, "time_budget": float, "reference": str, "reference_samples": int,
-            "threads": int},
+            "reference_se": float, "threads": int},
     "grid": {k: list for k in PARAM_NAMES},
     "limits": {"max_n_samples": dict, "reasons": dict},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
-            "repeats": 5, "warmup": 1, "time_budget": 0.25, "reference": "auto", "reference_samples": 20000,
-            "threads": 1},
+            "repeats": 5, "warmup": 1, "time_budget": 0.25, "reference": "auto", "reference_samples": 20480,
+            "reference_se": 1e-3, "threads": 1},
     "grid": {"precision": ["cast"]},
     "limits": {"max_n_samples": {}, "reasons": {}},
 }
@@ -354,6 +354,9 @@ def _check_axes(data: dict, source: str) -> None:
     if not run["time_budget"] > 0:
         raise ConfigError(f"{source}: run.time_budget = {run['time_budget']}; accepted: a positive "
                           "number of seconds (the timing budget per cell)")
+    if not run["reference_se"] > 0:
+        raise ConfigError(f"{source}: run.reference_se = {run['reference_se']}; accepted: a positive "
+                          "number of nats (the importance-sampling truth's target standard error)")
     if run["warmup"] < 0:
         raise ConfigError(f"{source}: run.warmup = {run['warmup']}; accepted: 0 or more")
     if run["reference"] not in ("auto", "quadrature", "importance"):

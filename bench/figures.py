@@ -19,6 +19,7 @@ from lvm.numerics import DTYPES, dtype_facts
 
 from . import plotkit as K
 from .analysis import K2Panels, Order
+from .metrics import RESOLVE_FACTOR
 from .render import SUPERSCRIPT, fmt_pct
 
 TITLES = {
@@ -102,10 +103,14 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
                       "a 1/N slope for reference where 1/N is the expected rate (rounding error is set by "
                       "the dtype and does not fall with N). Zero values (the float64 log-space estimate is "
                       "the replay itself) and cells where every estimate underflowed cannot be drawn on a "
-                      "log scale and are left out; standard errors are in cells.csv (bias_se, mc_bias_se).")
+                      "log scale and are left out; standard errors are in cells.csv (bias_se, mc_bias_se). "
+                      "A bias within 10x of the ground truth's own error is unresolved: it is drawn as a "
+                      "hollow downward triangle at 10x that error (the bias lies below it), never as a "
+                      "number, and lines join resolved cells only.")
     d = ok[(ok["parametrization"] == par) & (ok["device"] == dev)].copy()
     d["abs_bias"] = d["bias"].abs()
     d["abs_mc_bias"] = d["mc_bias"].abs()
+    d["unresolved_at"] = RESOLVE_FACTOR * d["truth_error"]
     models = [m for m in o.models
               if any(not K.positive(d[d["model"] == m], c).empty for c, _ in BIAS_COLUMNS)]
     if not models:
@@ -115,6 +120,10 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
     fig, axes = K.facets(keys, 3, panel=(3.4, 2.15), sharey=False)
     for (m, c), ax in axes.items():
         sub = K.positive(d[d["model"] == m], c)
+        flag = RESOLVED.get(c)
+        if flag:
+            _unresolved(ax, d[(d["model"] == m) & (d[flag] == 0) & np.isfinite(d[c])], c)
+            sub = sub[sub[flag] == 1]
         if c == "abs_mc_bias":
             line = sub.groupby("n_samples", as_index=False)[c].first()
             sns.lineplot(data=line, x="n_samples", y=c, color="k", marker="o", ms=4, ax=ax, lw=1.3)
@@ -133,10 +142,24 @@ def bias_vs_n(ok: pd.DataFrame, o: Order) -> K.FigureSpec:
             ax.set_ylabel(f"{m}\nnats")
     fig.supxlabel(K.N_LABEL, fontsize=9)
     handles = (K.dtype_handles(o.dtypes) + K.marker_handles(o.estimators)
-               + [Line2D([], [], color="k", marker="o", ms=4, label="float64 replay"), K.REF_HANDLE])
+               + [Line2D([], [], color="k", marker="o", ms=4, label="float64 replay"), K.REF_HANDLE,
+                  Line2D([], [], color="0.3", marker="v", mfc="none", ls="none", label="unresolved (below)")])
     K.legend(fig, handles, ncols=min(len(handles), 6))
     spec.figure = fig
     return spec
+
+
+RESOLVED = {"abs_bias": "bias_resolved", "abs_mc_bias": "mc_bias_resolved"}
+
+
+def _unresolved(ax, cells: pd.DataFrame, c: str) -> None:
+    """Hollow triangles at 10x the truth's error for biases the truth cannot resolve."""
+    cells = cells[cells["unresolved_at"] > 0]
+    if c == "abs_mc_bias":
+        cells = cells.groupby("n_samples", as_index=False)["unresolved_at"].first().assign(dtype="")
+    for _, r in cells.iterrows():
+        ax.plot(r["n_samples"], r["unresolved_at"], marker="v", ms=6, mfc="none", ls="none", mew=0.9,
+                mec=K.DTYPE_COLORS.get(r["dtype"], "k"), zorder=3)
 
 
 # ----------------------------------------------------------------------------- 3 variance

@@ -101,7 +101,8 @@ def finding_slopes(run: Run) -> Finding | None:
     ok, o = run.ok, order(run)
     cells = ok[(ok["estimator"] == "log_space") & (ok["dtype"] == "float64")
                & (ok["parametrization"] == o.parametrization) & (ok["device"] == o.device)]
-    per = {m: (_slope(g, "mc_bias"), _slope(g, "variance")) for m, g in cells.groupby("model")}
+    per = {m: (_slope(g[g["mc_bias_resolved"] == 1], "mc_bias"), _slope(g, "variance"))
+           for m, g in cells.groupby("model")}
     bias = [b for b, _ in per.values() if np.isfinite(b)]
     var = [v for _, v in per.values() if np.isfinite(v)]
     if not bias or not var:
@@ -111,7 +112,8 @@ def finding_slopes(run: Run) -> Finding | None:
     return Finding("In float64 log space, the fitted log-log slope against N is "
                    f"{fmt_num(nums['mc_bias_slope'])} "
                    f"for |Monte Carlo bias| and {fmt_num(nums['variance_slope'])} for variance (median over "
-                   f"{plural(len(per), 'model')}; a 1/N decay has slope −1).", nums)
+                   f"{plural(len(per), 'model')}; a 1/N decay has slope −1; the bias slope uses only the "
+                   "cells whose bias the ground truth resolves).", nums)
 
 
 def finding_fastest(run: Run) -> Finding | None:
@@ -230,10 +232,18 @@ def finding_k_bias(run: Run) -> Finding | None:
         return None
     parts, nums = [], {}
     for fam, g in fams.items():
-        series = [f"{fmt_num(b)} ± {fmt_num(se)} nats at K = {k}"
-                  for k, b, se in zip(g["latent_dim"], g["mc_bias"], g["mc_bias_se"], strict=True)]
-        nums |= {f"{fam}.k{k}": float(b) for k, b in zip(g["latent_dim"], g["mc_bias"], strict=True)}
-        parts.append(f"{fam} decoders {join(series)}")
+        series = []
+        for k, b, se, ok, err in zip(g["latent_dim"], g["mc_bias"], g["mc_bias_se"], g["mc_bias_resolved"],
+                                     g["truth_error"], strict=True):
+            if ok == 1:
+                series.append(f"{fmt_num(b)} ± {fmt_num(se)} nats at K = {k}")
+                nums[f"{fam}.k{k}"] = float(b)
+            else:
+                series.append(f"unresolved at K = {k} (the truth's error is {fmt_num(err)} nats)")
+        if any(ok == 1 for ok in g["mc_bias_resolved"]):
+            parts.append(f"{fam} decoders {join(series)}")
+    if not parts:
+        return None
     return Finding(f"The float64 log-space bias at N = {n:,} (estimate − ground truth, ± its standard "
                    f"error) moves with the latent dimension K: {'; '.join(parts)}.", nums)
 

@@ -100,7 +100,30 @@ def summarize(est: np.ndarray, replay: np.ndarray, truth: np.ndarray, truth_se: 
         out["variance"] = float("nan")
     out["rmse"] = float(np.sqrt(np.mean(err[finite] ** 2))) if finite.any() else float("nan")
     out["ess"] = float(np.mean(ess))
+    out.update(resolution(out["bias"], out["mc_bias"], truth_se))
     return out
+
+
+RESOLVE_FACTOR = 10.0  # a bias is resolved when it is at least this many times its truth's error
+
+
+def resolution(bias: float, mc_bias: float, truth_se: np.ndarray) -> dict[str, float]:
+    """Whether the ground truth is fine enough to judge a cell's bias and Monte Carlo bias.
+
+    The truth's error in a cell's mean over digits is taken as the mean of the digits'
+    errors (as if they were fully correlated: quadrature errors share their sign), and
+    a bias is resolved when |bias| >= RESOLVE_FACTOR times it. An unresolved bias is
+    reported, but drawn as unresolved and never used by a finding. Flags are 1.0 / 0.0.
+    """
+    err = float(np.mean(truth_se))
+    return {"truth_error": err, **resolved(bias, mc_bias, err)}
+
+
+def resolved(bias, mc_bias, truth_error) -> dict:
+    """The two flags of :func:`resolution`, for numbers or for columns of an older run."""
+    flag = lambda b: np.where(np.isfinite(b) & (np.abs(b) >= RESOLVE_FACTOR * truth_error), 1.0, 0.0)  # noqa: E731
+    out = {"bias_resolved": flag(bias), "mc_bias_resolved": flag(mc_bias)}
+    return {k: float(v) for k, v in out.items()} if np.ndim(bias) == 0 else out
 
 
 # ----------------------------------------------------------------------------- what raw rows add
@@ -215,6 +238,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("ess", "draws", "(sum w)^2 / sum w^2 of the importance weights, mean over estimates"),
     Metric("truth_method", "text", "how the ground truth was computed"),
     Metric("truth_se_max", "nats", "largest standard error of the ground truth over digits"),
+    Metric("truth_error", "nats", "error of the ground truth in the cell's mean over digits: the mean "
+           "of the digits' standard errors"),
+    Metric("bias_resolved", "flag", "|bias| >= 10 x truth_error: the truth can judge the bias"),
+    Metric("mc_bias_resolved", "flag", "|mc_bias| >= 10 x truth_error"),
     Metric("underflow_threshold", "nats", "log of the dtype's smallest subnormal"),
     Metric("unit_roundoff", "", "half the dtype's machine epsilon"),
     Metric("flop", "FLOP", "floating-point work of one estimate: decoder on N draws + data product"),

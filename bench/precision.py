@@ -17,7 +17,7 @@ from matplotlib.lines import Line2D
 from lvm.numerics import dtype_facts
 
 from . import plotkit as K
-from .analysis import Finding, Order, pooled
+from .analysis import Finding, Order, bias_display, pooled, resolved_bias_at_largest_n
 from .metrics import wilson
 from .render import fmt_num, fmt_pct, join
 from .store import Run
@@ -40,13 +40,12 @@ def table(run: Run) -> pd.DataFrame:
     for (est, dt, prec), g in _measured(run).groupby(["estimator", "dtype", "precision"], sort=False):
         k, n = pooled(g)
         lo, hi = wilson(k, n)
-        top = g[g["n_samples"] == g["n_samples"].max()]["bias"].dropna()
         rows.append({"estimator": est, "dtype": dt, "precision": prec, "cells": len(g), "estimates": n,
                      "underflow_rate": k / n if n else np.nan,
                      "underflow_ci_low": lo, "underflow_ci_high": hi,
                      "rounding_error_median": g["rounding_error_mean"].median(),
                      "largest_n": int(g["n_samples"].max()),
-                     "bias_at_largest_n": top.mean() if len(top) else np.nan})
+                     "bias_at_largest_n": resolved_bias_at_largest_n(g)})
     return pd.DataFrame(rows)
 
 
@@ -59,8 +58,7 @@ def display(t: pd.DataFrame) -> pd.DataFrame:
                                     zip(t["underflow_rate"], t["underflow_ci_low"], t["underflow_ci_high"],
                                         strict=True)],
         "median rounding error (nats)": t["rounding_error_median"].map(fmt_num),
-        "bias at largest N (nats)": [f"{fmt_num(b)} (N = {n})" for b, n in
-                                     zip(t["bias_at_largest_n"], t["largest_n"], strict=True)]})
+        "bias at largest N (nats)": bias_display(t)})
 
 
 def finding(run: Run) -> Finding | None:

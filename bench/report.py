@@ -66,7 +66,8 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
         b.append(("p", "Underflow rate: share of all estimates that were −∞, pooled over N, models, "
                        "parametrizations and devices, with its Wilson 95% interval. Median rounding error: "
                        "median over cells of the mean |estimate − float64 estimate on the same draws|. Bias "
-                       "at the largest N: mean over models and parametrizations of mean(estimate − truth). "
+                       "at the largest N: mean over models and parametrizations of mean(estimate − truth), "
+                       "over the cells whose bias the ground truth resolves (|bias| ≥ 10 × its error). "
                        "Throughput: median over models of terms p(x_b|z_i) per second at the largest N. "
                        "Machine-readable: tables/summary.csv."))
         b.append(("table", A.summary_display(summary)))

@@ -32,7 +32,7 @@ from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a
 from lvm.errors import InputError
 
 from .config import PARAM_NAMES, Cell, model_facts
-from .metrics import NUMERIC
+from .metrics import NUMERIC, resolved
 
 FORMAT_VERSION = 1
 RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz", "k2.npz",
@@ -41,7 +41,9 @@ RUN_DIRS = ("parts", "figures", "tables")
 
 
 PART_KEY = "_part"  # a part's own record: its raw file's row count and sha256 (not a cells.csv column)
-DERIVABLE = ("flop",)  # columns older runs lack and the analysis derives (bench.analysis.cell_flop)
+# columns older runs lack and are derived: flop by bench.analysis.cell_flop; the truth's
+# resolution from truth_se_max (the largest digit error, where newer runs use the mean)
+DERIVABLE = ("flop", "truth_error", "bias_resolved", "mc_bias_resolved")
 
 
 def _alive(pid: int) -> bool:
@@ -306,6 +308,10 @@ def _numeric_cells(cells: pd.DataFrame) -> pd.DataFrame:
         if c not in cells:
             cells[c] = np.nan
     cells["precision"] = cells["precision"].fillna("cast") if "precision" in cells else "cast"  # older runs
+    if cells["truth_error"].isna().all():  # older runs: the largest digit error stands in for the mean
+        cells["truth_error"] = cells["truth_se_max"]
+        cells.update(pd.DataFrame(resolved(cells["bias"], cells["mc_bias"], cells["truth_error"]),
+                                  index=cells.index))
     cells["n_samples"] = pd.to_numeric(cells["n_samples"], errors="coerce")
     cells = cells.dropna(subset=["n_samples"]).astype({"n_samples": int})
     for p in PARAM_NAMES:

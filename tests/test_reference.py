@@ -37,11 +37,52 @@ def test_importance_reference_at_k10_within_4_reported_se_of_exact(scale):
     model = lvm.LinearGaussianLVM.random(784, 10, sigma=0.5, scale=scale, seed=1)
     x = model.sample_x(3, torch.Generator().manual_seed(0))
     exact = model.exact_log_marginal(x)
-    ref = lvm.log_marginal(model, x, "importance", cache=False)
+    ref = lvm.log_marginal(model, x, "importance", n_samples=65536, cache=False)
     assert ref.method == "importance"
     assert (ref.se > 0).all() and (ref.se < 0.05).all(), ref.se
     z = (ref.log_px - exact) / ref.se
     assert (z.abs() < K_SE).all(), f"(reference - exact) / SE = {z.tolist()}"
+    # the posterior is Gaussian, so the moment-matched proposal reaches the 1e-3 target before
+    # the cap (65,536 draws each), and the two independent proposals agree within their SEs
+    assert (ref.se <= 1e-3).all() and ref.meta["cross_check_disagree"] == 0, ref.meta
+    assert ref.meta["draws_per_proposal_max"] < 65536
+
+
+def test_two_proposals_that_disagree_report_their_difference_as_the_error():
+    """The delta-method SE cannot see a proposal that misses part of the posterior: where the
+    two estimates differ by more than 3 combined SEs, the error is the difference itself."""
+    from lvm.reference import _Accumulator, _combine
+
+    acc = [_Accumulator(2), _Accumulator(2)]
+    rows = torch.arange(2)
+    lw = torch.log(torch.linspace(0.5, 1.5, 1000, dtype=torch.float64)).expand(2, -1)
+    acc[0].add(rows, lw)
+    acc[1].add(rows, lw + torch.tensor([[1e-4], [0.5]], dtype=torch.float64))  # agree; disagree
+    lp, err, parts = _combine(acc)
+    (a, sa, _), (b, sb, _) = acc[0].result(), acc[1].result()
+    assert parts["cross_check_disagree"] == 1
+    assert err[0] == torch.sqrt(1 / (1 / sa[0] ** 2 + 1 / sb[0] ** 2)) < 1e-2
+    assert err[1] == (a[1] - b[1]).abs() and abs(float(err[1]) - 0.5) < 1e-12
+
+
+def test_quadrature_on_a_trained_decoder_halves_its_error_per_refinement():
+    """prior-iwae-k2 (ELU, once differentiable) on test digit 10, whose integrand converges the
+    slowest of the first 32 (one refinement gains only a factor 2.5): every refinement at least halves the difference of two levels until it reaches
+    the 1e-6 nats floor, so the last difference (the reported error) bounds the error. At the
+    default tolerance the reported error is <= 5e-4 nats and at least the distance to the
+    finest level (513 points per axis)."""
+    from lvm import data, zoo
+
+    model, x = zoo.get("prior-iwae-k2"), data.load("mnist-5k", "test").x[10:11]
+    fine = lvm.log_marginal(model, x, "quadrature", tol=1e-7, cache=False)
+    diffs = [c["max_abs_diff"] for c in fine.meta["convergence"]]
+    assert fine.meta["max_points_per_axis"] == 513 and len(diffs) == 4, fine.meta
+    for coarse, finer in zip(diffs, diffs[1:], strict=False):
+        if coarse > 1e-6:
+            assert finer <= coarse / 2, diffs
+    default = lvm.log_marginal(model, x, "quadrature", cache=False)
+    assert default.se[0] <= 5e-4
+    assert abs(float(default.log_px[0] - fine.log_px[0])) <= default.se[0], (default.meta, fine.meta)
 
 
 def test_importance_agrees_with_quadrature_on_the_part2_decoder(part2, binary_x):
