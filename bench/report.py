@@ -22,6 +22,7 @@ from . import analysis as A
 from . import figures as F
 from . import precision as P
 from . import render
+from . import theory as T
 from .analysis import shown
 from .figures import FIGURE_STEMS
 from .findings import Finding, findings
@@ -30,11 +31,11 @@ from .render import plural
 from .store import Run, RunError, atomic_write, load_run, write_text
 
 __all__ = ["FIGURE_STEMS", "build_figures", "write_report"]
-STEMS = (*FIGURE_STEMS, P.STEM)
+STEMS = (*FIGURE_STEMS, P.STEM, T.STEM)
 
 
 def build_figures(run: Run) -> list[FigureSpec]:
-    """All seven figures (drawn or with the reason they are not)."""
+    """Every figure (drawn or with the reason it is not)."""
     ok, o = run.ok, A.order(run)
     if ok.empty:
         return [FigureSpec(s, t, "", skipped="the run has no measured cell.") for s, t in F.TITLES.items()]
@@ -42,10 +43,16 @@ def build_figures(run: Run) -> list[FigureSpec]:
             F.loglik_distribution(run.loglik, o, o.dtypes),
             F.throughput(A.throughput(run), o, run.meta.matmul_peak_gflops),
             F.underflow_heatmap(ok, o), F.k2_posterior(A.k2_panels(run))] + (
-                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else [])
+                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else []) + [T.figure(run, o)]
 
 
-def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[FigureSpec]) -> list[tuple]:
+THEORY_HEADS = ("Underflow of probability space: predicted and measured (each model's largest N)",
+                "Rounding of the log-sum-exp reduction against its forward error bound",
+                "Float64 log-space bias against the delta method")
+
+
+def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[FigureSpec],
+            theory: dict[str, pd.DataFrame]) -> list[tuple]:
     """The report as render.page's blocks. ``run.problems`` is complete only once the figures
     and findings have read the run's files, so this comes last."""
     meta, ok, cells = run.meta, run.ok, run.cells
@@ -80,6 +87,13 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
                     "report reads the cast cells; here both, for each estimator and dtype measured under "
                     "both. Machine-readable: tables/precision.csv."),
               ("table", P.display(versus))]
+    if any(not t.empty for t in theory.values()):
+        b += [("h2", "Theory against measurement"),
+              ("p", "Each prediction is set beside what the run measured; how each is made and what it "
+                    "assumes is in bench/theory.py. Machine-readable, at every N: tables/theory_*.csv.")]
+        for (name, t), head in zip(theory.items(), THEORY_HEADS, strict=True):
+            if not t.empty:
+                b += [("h3", head), ("table", T.TABLES[name][1](t))]
     b.append(("h2", "Figures"))
     for i, s in enumerate(specs, 1):
         b += [("h3", f"Figure {i}. {s.title}"), ("figure", s)]
@@ -122,11 +136,18 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         (tab_dir / "precision.csv").unlink(missing_ok=True)
     else:
         atomic_write(tab_dir / "precision.csv", lambda f: versus.to_csv(f, index=False, float_format="%.6g"))
+    theory = {name: make(run) for name, (make, _) in T.TABLES.items()}
+    for name, t in theory.items():
+        if t.empty:
+            (tab_dir / f"{name}.csv").unlink(missing_ok=True)
+        else:
+            atomic_write(tab_dir / f"{name}.csv",
+                         lambda f, t=t: t.to_csv(f, index=False, float_format="%.6g"))
     disp = A.summary_display(summary)
     numeric = [c for c in disp.columns if c not in render.TEXT_COLUMNS]
     write_text(tab_dir / "summary.md", render.table(disp, "markdown", numeric=numeric) + "\n"
                if not disp.empty else "No measured cell.\n")
-    md, page = render.page(_blocks(run, found, summary, specs), fig_dir, DPI)
+    md, page = render.page(_blocks(run, found, summary, specs, theory), fig_dir, DPI)
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     return out / "report.html"
