@@ -176,8 +176,9 @@ def _importance(model, x, n_samples: int, seed: int, target_se: float):
     """Two independent importance-sampling estimates per datapoint, combined.
 
     A (Laplace Student-t mixture) and B (moment-matched Gaussian mixture) draw blocks of
-    BLOCK samples each from their own seeded streams until the combined error of a datapoint
-    is at most ``target_se`` or each has ``n_samples`` draws. The truth is the
+    BLOCK samples from their own seeded streams (both a first block, then the more efficient
+    one, :func:`_next_blocks`) until the combined error of a datapoint is at most
+    ``target_se`` or each has ``n_samples`` draws. The truth is the
     inverse-variance mean of A and B, with its delta-method SE; where A and B differ by more
     than 3 of their combined SEs, the difference |A - B| is the error instead, because the
     delta-method SE is blind to a proposal that misses part of the posterior.
@@ -188,19 +189,35 @@ def _importance(model, x, n_samples: int, seed: int, target_se: float):
     draws = [Draws(model, n_samples, seed + 1, prop_a), Draws(model, n_samples, seed + 2, prop_b)]
     acc = [_Accumulator(B), _Accumulator(B)]
     active = torch.ones(B, dtype=torch.bool)
-    for start in range(0, n_samples, BLOCK):
-        stop = min(start + BLOCK, n_samples)
+    pos = [0, 0]  # the next draw of each proposal's stream
+    while True:
         rows = active.nonzero().squeeze(1)
-        for d, a in zip(draws, acc, strict=True):
-            z, corr = d.take(start, stop)
-            a.add(rows, _log_weights(model, x[rows], z[rows], corr[rows]))
+        for p in _next_blocks(acc, rows, pos, n_samples):
+            stop = min(pos[p] + BLOCK, n_samples)
+            z, corr = draws[p].take(pos[p], stop)
+            acc[p].add(rows, _log_weights(model, x[rows], z[rows], corr[rows]))
+            pos[p] = stop
         lp, err, parts = _combine(acc)
         active &= err > target_se
-        if not active.any():
+        if not active.any() or min(pos) >= n_samples:
             break
     return lp, err, {"n_samples_max": n_samples, "target_se": target_se, "seed": seed,
                      "proposals": ["laplace-t5 + 0.1 prior", "moment-gaussian + 0.02 prior"],
-                     "draws_per_proposal_max": int(acc[0].n.max()), **parts}
+                     "draws_per_proposal": [int(a.n.max()) for a in acc], **parts}
+
+
+def _next_blocks(acc: list[_Accumulator], rows: torch.Tensor, pos: list[int], n_samples: int) -> list[int]:
+    """Which proposals draw the next block: both at first; then the one whose draws are worth
+    more (the higher median ESS per draw over the datapoints still short of the target), so
+    that a poor proposal costs one block and still checks the good one; both when they tie or
+    when only one has draws left."""
+    if pos[0] == 0 or pos[1] == 0:
+        return [0, 1]
+    left = [p for p in (0, 1) if pos[p] < n_samples]
+    if len(left) < 2:
+        return left
+    eff = [float((a.result()[2][rows] / a.n[rows].to(F64)).median()) for a in acc]
+    return [0] if eff[0] > eff[1] else [1] if eff[1] > eff[0] else [0, 1]
 
 
 def _combine(acc: list[_Accumulator]) -> tuple[torch.Tensor, torch.Tensor, dict]:
@@ -214,7 +231,7 @@ def _combine(acc: list[_Accumulator]) -> tuple[torch.Tensor, torch.Tensor, dict]
              "cross_check_max_abs_z": float(z.abs().max()),
              "cross_check_max_abs_diff": float((a - b).abs().max()),
              "cross_check_disagree": int(disagree.sum()),
-             "draws_per_proposal_mean": float(acc[0].n.to(F64).mean())}
+             "draws_per_datapoint_mean": float(sum(a.n for a in acc).to(F64).mean())}
     return lp, torch.where(disagree, torch.maximum(se, (a - b).abs()), se), parts
 
 
