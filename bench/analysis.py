@@ -189,6 +189,18 @@ def shown(value) -> str:
     return "?" if value is None else str(value)
 
 
+def _truth_check(m: dict) -> str:
+    """How a ground truth was checked, as meta.json records it (empty for older runs)."""
+    if "convergence" in m:
+        last = m["convergence"][-1] if m["convergence"] else {}
+        return (f"; refined to {shown(m.get('max_points_per_axis'))} points per axis, last refinement "
+                f"changed it by at most {fmt_num(float(last.get('max_abs_diff', float('nan'))))} nats")
+    if "cross_check_max_abs_z" in m:
+        return (f"; two proposals, largest |difference| / SE {fmt_num(m['cross_check_max_abs_z'])}, "
+                f"{shown(m.get('cross_check_disagree'))} digit(s) beyond 3 SE")
+    return ""
+
+
 def environment_rows(meta: Meta) -> list[tuple[str, str]]:
     """(what, value) rows describing where, when and how the run was made."""
     hw, git, run, ds, seeds = meta.hardware, meta.git, meta.run, meta.dataset, meta.seeds
@@ -209,11 +221,13 @@ def environment_rows(meta: Meta) -> list[tuple[str, str]]:
             ("seeds", f"root {shown(seeds.get('root'))}; draws: {shown(seeds.get('draws'))}"),
             ("protocol", f"{shown(run.get('repeats'))} repeats per cell after {shown(run.get('warmup'))} "
                          f"warm-up run(s); ground truth: {shown(run.get('reference'))} "
-                         f"({shown(run.get('reference_samples'))} samples where sampled)"),
+                         f"(where sampled: to {shown(run.get('reference_se'))} nats or "
+                         f"{shown(run.get('reference_samples'))} draws per proposal)"),
             ("executor", meta.executor)]
     for name, t in sorted(meta.truth.items()):
-        rows.append((f"truth: {name}", f"{shown(t.get('method'))}, max standard error "
-                                       f"{fmt_num(float(t.get('se_max', float('nan'))))} nats"))
+        rows.append((f"truth: {name}", f"{shown(t.get('method'))}, max error "
+                                       f"{fmt_num(float(t.get('se_max', float('nan'))))} nats"
+                                       + _truth_check(t.get("meta") or {})))
     for key, fp in sorted(meta.models.items()):
         rows.append((f"model: {key}", f"fingerprint {str(fp)[:16]}"))
     for dev, p in sorted(meta.matmul_peak_gflops.items()):
