@@ -190,8 +190,8 @@ def finding_lse(run: Run) -> Finding | None:
         nums[f"{dt}.ratio_median_min"] = float(lo["ratio_median"])
         nums[f"{dt}.ratio_median_max"] = float(hi["ratio_median"])
         nums[f"{dt}.within"] = bool(g["within_bound"].all())
-        parts.append(f"{dt} from {fmt_num(hi['ratio_median'])} at N = {int(hi['n_samples']):,} to "
-                     f"{fmt_num(lo['ratio_median'])} at N = {int(lo['n_samples']):,}"
+        parts.append(f"from {fmt_num(hi['ratio_median'])} at N = {int(hi['n_samples']):,} to "
+                     f"{fmt_num(lo['ratio_median'])} at N = {int(lo['n_samples']):,} at {dt}"
                      + ("" if g["within_bound"].all() else " (some estimates exceed it)"))
     if not parts:
         return None
@@ -215,10 +215,13 @@ def finding_delta(run: Run) -> Finding | None:
         text += f" (median ESS {fmt_num(holds['ess'].median())})"
     if len(breaks):
         nums["breaks.ess_median"] = float(breaks["ess"].median())
-        worst = breaks.loc[(breaks["measured"] / breaks["predicted"]).abs().idxmax()]
-        text += (f"; it breaks where the ESS is small (median {fmt_num(breaks['ess'].median())}), e.g. "
-                 f"{worst['model']} at N = {int(worst['n_samples']):,}: measured "
-                 f"{fmt_num(worst['measured'])}, predicted {fmt_num(worst['predicted'])} nats")
+        z = (breaks["measured"] - breaks["predicted"]).abs() / np.hypot(breaks["measured_se"],
+                                                                         breaks["predicted_se"])
+        worst = breaks.loc[z.idxmax()]
+        text += (f"; where it fails the median ESS is {fmt_num(breaks['ess'].median())} (the largest miss: "
+                 f"{worst['model']} at N = {int(worst['n_samples']):,}, ESS {fmt_num(worst['ess'])}: "
+                 f"measured {fmt_num(worst['measured'])} ± {fmt_num(worst['measured_se'])}, predicted "
+                 f"{fmt_num(worst['predicted'])} nats)")
     return Finding(text + ".", nums)
 
 
