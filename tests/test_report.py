@@ -29,7 +29,11 @@ from bench.findings import (
 from bench.render import fmt_num, fmt_pct
 from bench.report import write_report
 from bench.store import Run, RunError, load_run
+from bench.theory import STEM as THEORY_STEM
 from lvm.numerics import dtype_facts
+
+# what a run with raw estimates and no autocast cell draws (Figure 8 needs autocast cells)
+DRAWN = (*FIGURE_STEMS, THEORY_STEM)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -54,9 +58,10 @@ def report(run_dir) -> Path:
 
 
 def test_report_writes_every_file(report):
-    for name in ("report.md", "report.html", "tables/summary.csv", "tables/summary.md"):
+    for name in ("report.md", "report.html", "tables/summary.csv", "tables/summary.md",
+                 "tables/theory_underflow.csv", "tables/theory_lse.csv", "tables/theory_delta.csv"):
         assert (report / name).stat().st_size > 0, name
-    for stem in FIGURE_STEMS:
+    for stem in DRAWN:
         png, svg = report / "figures" / f"{stem}.png", report / "figures" / f"{stem}.svg"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
         with Image.open(png) as im:
@@ -88,12 +93,12 @@ def test_html_is_self_contained(report):
     assert "<script" not in page and "<link" not in page and "@import" not in page
     assert not re.search(r"""(src|href)=["']?(https?:|//|file:|figures/)""", page)
     srcs = re.findall(r'<img [^>]*src="([^"]+)"', page)
-    assert len(srcs) == len(FIGURE_STEMS)
+    assert len(srcs) == len(DRAWN)
     for s in srcs:
         assert s.startswith("data:image/png;base64,")
         assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
     md = (report / "report.md").read_text()
-    for stem in FIGURE_STEMS:
+    for stem in DRAWN:
         assert f"(figures/{stem}.png)" in md
 
 
@@ -271,7 +276,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     m = re.search(r'data-widths="([^"]*)"', out.stdout)
     assert m, out.stderr[-2000:]
     widths = [int(w) for w in m.group(1).split(",")]
-    assert len(widths) == len(FIGURE_STEMS) and all(w > 300 for w in widths), widths
+    assert len(widths) == len(DRAWN) and all(w > 300 for w in widths), widths
 
 
 def test_k_findings_follow_the_cells(tiny_run, tmp_path):
