@@ -1,7 +1,10 @@
 """Trained weights on disk: a float32 state dict (.pt) beside its JSON metadata (.json).
 
 A checkpoint is the decoder of a :class:`~lvm.model.BernoulliLVM` built by
-:func:`lvm.model.build` from an architecture dict. Loading uses
+:func:`lvm.model.build` from an architecture dict: its state dict as it is. A model with an
+encoder (the zoo's vae-k{K}, iwae-k{K}) is one flat state dict of both networks, the keys
+prefixed ``decoder.`` and ``encoder.``, its metadata holding ``encoder_architecture``
+beside ``architecture``. Loading uses
 ``torch.load(weights_only=True)`` (never runs code) and checks the file
 against the metadata's sha256 and the requested architecture, so a corrupt,
 replaced or mismatched file is an InputError naming it, never a silently
@@ -39,7 +42,7 @@ def _sha256_file(path: Path) -> str:
 
 
 def save_checkpoint(result: Trained, path: str | os.PathLike[str]) -> Path:
-    """Write ``path`` (.pt: the decoder's float32 state dict) and its .json metadata, atomically.
+    """Write ``path`` (.pt: the float32 state dict) and its .json metadata, atomically.
 
     ``result``: a :class:`lvm.train.TrainResult` (anything with ``model`` and
     ``metadata``); its metadata is replaced by what was written. The JSON gets
@@ -47,8 +50,7 @@ def save_checkpoint(result: Trained, path: str | os.PathLike[str]) -> Path:
     metadata is always complete.
     """
     path = Path(path).with_suffix(".pt")
-    state = {k: v.detach().to(torch.float32).contiguous().clone()
-             for k, v in result.model.decoder.state_dict().items()}
+    state = {k: v.detach().to(torch.float32).contiguous().clone() for k, v in _state(result.model).items()}
     atomic_write(path, lambda f: torch.save(state, f))
     meta = dict(result.metadata, sha256=_sha256_file(path), size_bytes=path.stat().st_size,
                 file=path.name)
@@ -70,13 +72,15 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def load_checkpoint(path: str | os.PathLike[str], arch: dict[str, Any], *,
-                    verify: bool = True) -> BernoulliLVM:
+                    encoder_arch: dict[str, Any] | None = None, verify: bool = True) -> BernoulliLVM:
     """Load a state dict saved by :func:`save_checkpoint` into a model of ``arch``.
 
+    ``encoder_arch``: the encoder's architecture (:func:`lvm.encoder.encoder_architecture`)
+    for a checkpoint of a model with an encoder; None for a decoder-only checkpoint.
     Uses ``torch.load(weights_only=True)``: loading never runs code. Raises
     InputError naming the file when it is missing or not a tensor state dict, when its
     sha256 differs from the metadata's (``verify``), or when its keys, shapes
-    or recorded architecture do not match ``arch``.
+    or recorded architectures do not match ``arch`` and ``encoder_arch``.
     """
     path = Path(path)
     if not path.is_file():
@@ -94,13 +98,19 @@ def load_checkpoint(path: str | os.PathLike[str], arch: dict[str, Any], *,
         raise InputError(f"{path}: not a loadable weights-only state dict ({type(e).__name__}: {e})") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    want = {k: tuple(v.shape) for k, v in build(arch).decoder.state_dict().items()}
+    model = build(arch, encoder_arch=encoder_arch)
+    want = {k: tuple(v.shape) for k, v in _state(model).items()}
     have = {k: tuple(v.shape) for k, v in state.items()}
     problems = []
-    if meta is not None and "architecture" in meta:
-        diff = {k: (meta["architecture"].get(k), v) for k, v in arch.items()
-                if meta["architecture"].get(k) != v}
-        problems += [f"metadata {k}={a!r}, requested {k}={b!r}" for k, (a, b) in diff.items()]
+    for field, requested, what in (("architecture", arch, ""), ("encoder_architecture", encoder_arch,
+                                                                "encoder ")):
+        recorded = (meta or {}).get(field)
+        if recorded is not None and requested is not None:
+            problems += [f"metadata {what}{k}={recorded.get(k)!r}, requested {what}{k}={v!r}"
+                         for k, v in requested.items() if recorded.get(k) != v]
+    if encoder_arch is None and any(k.startswith("encoder.") for k in have):
+        problems.append("the file holds an encoder (keys encoder.*): load it with its encoder_arch "
+                        "(the zoo names vae-k{K} and iwae-k{K} do)")
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     if missing:
         problems.append(f"missing keys {missing}")
@@ -112,8 +122,22 @@ def load_checkpoint(path: str | os.PathLike[str], arch: dict[str, Any], *,
         desc = ", ".join(f"{k}={v}" for k, v in arch.items())
         raise InputError(f"{path}: checkpoint does not match the requested architecture ({desc}): "
                          + "; ".join(problems))
-    model = build(arch)
-    model.decoder.load_state_dict({k: v.to(torch.float32) for k, v in state.items()})
-    model.decoder.eval().requires_grad_(False)
+    state = {k: v.to(torch.float32) for k, v in state.items()}
+    if model.encoder is None:
+        model.decoder.load_state_dict(state)
+    else:
+        for prefix, net in (("decoder.", model.decoder), ("encoder.", model.encoder)):
+            net.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    for net in (model.decoder, model.encoder):
+        if net is not None:
+            net.eval().requires_grad_(False)
     model.invalidate()
     return model
+
+
+def _state(model: BernoulliLVM) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint of ``model`` holds, by key: the decoder's state dict, or both
+    networks' with ``decoder.`` / ``encoder.`` prefixes."""
+    if model.encoder is None:
+        return model.decoder.state_dict()
+    return {f"{p}.{k}": v for p in ("decoder", "encoder") for k, v in getattr(model, p).state_dict().items()}

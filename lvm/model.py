@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from torch.distributions.utils import clamp_probs
 
+from .encoder import EncoderProposal, GaussianEncoder, build_encoder
 from .errors import InputError, check_int
 from .numerics import as_tensor, parse_dtype
 
@@ -150,10 +151,14 @@ class BernoulliLVM:
     to [eps, 1-eps] of the working dtype, then x log p + (1-x) log(1-p). In
     float16 p saturates at 1.0 for logits above ~7.6 and the clamp caps each
     pixel's log-odds at ~6.9: a failure mode the suite measures.
+
+    ``encoder``: an optional :class:`~lvm.encoder.GaussianEncoder` q(z|x) trained with the
+    decoder (the zoo's vae-k{K} and iwae-k{K}); :meth:`proposal` turns it into a proposal for
+    the estimators. Every view :meth:`with_output` makes shares it (the same object).
     """
 
     def __init__(self, decoder: nn.Module, latent_dim: int, output: str = "logits",
-                 data_dim: int = 784):
+                 data_dim: int = 784, *, encoder: GaussianEncoder | None = None):
         if output not in OUTPUTS:
             raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
         if not isinstance(decoder, nn.Module):
@@ -161,7 +166,14 @@ class BernoulliLVM:
                              "accepted: a torch.nn.Module mapping [N, latent_dim] to [N, data_dim]")
         latent_dim = check_int("latent_dim", latent_dim, minimum=1)
         data_dim = check_int("data_dim", data_dim, minimum=1)
+        if encoder is not None and not (isinstance(encoder, GaussianEncoder)
+                                        and (encoder.latent_dim, encoder.data_dim) == (latent_dim, data_dim)):
+            got = (f"a GaussianEncoder with latent_dim={encoder.latent_dim}, data_dim={encoder.data_dim}"
+                   if isinstance(encoder, GaussianEncoder) else f"a {type(encoder).__name__}")
+            raise InputError(f"encoder is {got}; accepted: None or an lvm.GaussianEncoder with "
+                             f"latent_dim={latent_dim} and data_dim={data_dim}")
         self.decoder = decoder
+        self.encoder = encoder
         self.latent_dim = latent_dim
         self.output = output
         self.data_dim = data_dim
@@ -184,12 +196,28 @@ class BernoulliLVM:
         return std_normal_log_prob(z)
 
     def fingerprint(self) -> str:
-        """sha256 of the architecture description and the decoder weights."""
+        """sha256 of the architecture description and the decoder weights (and the encoder's, if any).
+
+        A model without an encoder hashes exactly what it did before encoders existed, so the
+        fingerprints recorded in earlier runs still name the same models.
+        """
         h = hashlib.sha256(f"bernoulli|{self.output}|{self.latent_dim}|{self.decoder}".encode())
-        for name, t in self.decoder.state_dict().items():
-            h.update(name.encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        parts = [("", self.decoder)] + ([] if self.encoder is None else [("encoder.", self.encoder)])
+        for prefix, module in parts:
+            if prefix:
+                h.update(f"|encoder|{module}".encode())
+            for name, t in module.state_dict().items():
+                h.update((prefix + name).encode())
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
         return h.hexdigest()
+
+    def proposal(self, x: torch.Tensor) -> EncoderProposal:
+        """The encoder's q(z|x_b) for each row of x (float64, CPU): a proposal for the estimators."""
+        if self.encoder is None:
+            raise InputError("this BernoulliLVM has no encoder (encoder=None), so it has no proposal "
+                             "q(z|x); accepted: a model built with encoder=lvm.GaussianEncoder(...), such "
+                             "as the zoo's vae-k{K} and iwae-k{K}, or the prior proposal")
+        return EncoderProposal(self.encoder, check_data(x, self.data_dim))
 
     def with_output(self, output: str) -> BernoulliLVM:
         """The same network with the other likelihood parametrization.
@@ -205,13 +233,14 @@ class BernoulliLVM:
             raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
         if output == "probs":
             view = BernoulliLVM(nn.Sequential(self.decoder, nn.Sigmoid()), self.latent_dim,
-                                "probs", self.data_dim)
+                                "probs", self.data_dim, encoder=self.encoder)
         else:
             layers = list(self.decoder.children()) if isinstance(self.decoder, nn.Sequential) else []
             if not layers or not isinstance(layers[-1], nn.Sigmoid):
                 raise InputError("output='logits' needs a probs decoder that ends in nn.Sigmoid; this "
                                  f"decoder ends in {type(layers[-1]).__name__ if layers else 'unknown'}")
-            view = BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim)
+            view = BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim,
+                                encoder=self.encoder)
         self._views[output] = view
         view._views = self._views
         return view
@@ -220,6 +249,8 @@ class BernoulliLVM:
         """Drop cached dtype copies, of this model and its views (call after changing the weights)."""
         for view in self._views.values():
             view._cache.clear()
+        if self.encoder is not None:
+            self.encoder.invalidate()
 
     def decode(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """Decoder output (logits or probs) for z [N, K], in ``dtype`` on z's device."""
@@ -302,11 +333,13 @@ def architecture(latent_dim: int, hidden: int, layers: int, output: str,
             "activation": "ELU", "data_dim": data_dim}
 
 
-def build(arch: dict[str, Any], seed: int = 0) -> BernoulliLVM:
-    """A freshly initialised BernoulliLVM of this architecture (``seed_decoder(..., seed=seed)``)."""
+def build(arch: dict[str, Any], seed: int = 0, encoder_arch: dict[str, Any] | None = None) -> BernoulliLVM:
+    """A freshly initialised BernoulliLVM of this architecture (``seed_decoder(..., seed=seed)``),
+    with an encoder ``build_encoder(encoder_arch, seed)`` when ``encoder_arch`` is given."""
     dec = seed_decoder(arch["latent_dim"], hidden=arch["hidden"], layers=arch["layers"],
                        output=arch["output"], data_dim=arch.get("data_dim", 784), seed=seed)
-    return BernoulliLVM(dec, arch["latent_dim"], arch["output"], arch.get("data_dim", 784))
+    enc = None if encoder_arch is None else build_encoder(encoder_arch, seed=seed)
+    return BernoulliLVM(dec, arch["latent_dim"], arch["output"], arch.get("data_dim", 784), encoder=enc)
 
 
 class LinearGaussianLVM:

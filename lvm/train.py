@@ -1,6 +1,6 @@
-"""Training the zoo's decoders with the textbook's prior-sampling objectives.
+"""Training the zoo's models: decoders by prior sampling, or with an amortised encoder.
 
-Both objectives sample z from the prior N(0, I_K), never from an encoder:
+Two objectives sample z from the prior N(0, I_K), never from an encoder:
 
 ``"prior-iwae"`` ("Approach 3")
     loss_b = -(logsumexp_i log p(x_b|z_i) - log N): minus the log-space
@@ -10,9 +10,20 @@ Both objectives sample z from the prior N(0, I_K), never from an encoder:
     loss_b = -(1/N) sum_i log p(x_b|z_i): Jensen's lower bound on the same
     quantity. Its optimum ignores z and decodes the mean image (~208 nats).
 
+Two train a :class:`~lvm.encoder.GaussianEncoder` q(z|x) jointly with the decoder, z
+reparameterised as z = mean(x) + std(x) * eps, eps ~ N(0, I), drawn per datapoint, with
+log w = log p(x|z) + log p(z) - log q(z|x):
+
+``"vae"`` (Kingma and Welling 2014)
+    loss_b = -(1/k) sum_i log w_bi: minus the ELBO (k = 1 in the zoo).
+``"iwae"`` (Burda, Grosse and Salakhutdinov 2016)
+    loss_b = -(logsumexp_i log w_bi - log k): minus the importance-weighted bound with k
+    draws (k = 5 in the zoo, the IWAE paper's smaller setting), which tightens towards
+    log p(x) as k grows.
+
 Losses are reported in nats per datapoint, positive (= -objective).
 
-How z is drawn (``Recipe.z_sharing``):
+How prior z is drawn (``Recipe.z_sharing``, the prior objectives only):
 
 ``"batch"`` (default)
     one set of N prior samples per step, shared by every datapoint of the
@@ -29,8 +40,9 @@ How z is drawn (``Recipe.z_sharing``):
     independent z per datapoint, as in the textbook: the decoder runs on
     B*N inputs and the likelihood is summed per pixel over [B, N, 784].
 
-Reproducibility: the initial weights are ``seed_decoder(..., seed=recipe.seed)``,
-the minibatch order and the z draws come from their own seeded streams
+Reproducibility: the initial weights are ``seed_decoder(..., seed=recipe.seed)`` (and
+``seed_encoder(..., seed=recipe.seed)``), the minibatch order and the z (eps) draws come from
+their own seeded streams
 (:func:`lvm.rng.generator`), and training pins torch to one thread (BLAS
 results can depend on the thread count), so a recipe gives bit-identical
 weights on a given machine and torch build.
@@ -56,12 +68,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import encoder as _encoder
 from . import rng
 from .errors import InputError
-from .model import OUTPUTS, BernoulliLVM, architecture, bernoulli_log_likelihood, build
+from .model import OUTPUTS, BernoulliLVM, architecture, bernoulli_log_likelihood, build, std_normal_log_prob
 from .runtime import set_torch_threads
 
-OBJECTIVES = ("prior-iwae", "jensen")
+PRIOR_OBJECTIVES = ("prior-iwae", "jensen")  # z from the prior; decoder only
+ENCODER_OBJECTIVES = ("vae", "iwae")  # z from a jointly trained encoder q(z|x)
+OBJECTIVES = PRIOR_OBJECTIVES + ENCODER_OBJECTIVES
+DEFAULT_K = {"vae": 1, "iwae": 5}  # Recipe.k when not given: draws of q(z|x) per datapoint and step
+PRIOR_FIELDS = ("n_samples", "z_sharing")  # Recipe fields that only the prior objectives use
+ENCODER_FIELDS = ("k", "encoder_hidden", "encoder_layers")  # ... that only the encoder objectives use
 Z_SHARING = ("batch", "datapoint")
 FORMAT = "lvm-bench-checkpoint/1"
 STREAM_DATA, STREAM_Z, STREAM_EVAL = 0, 1, 2  # rng.generator(seed, stream): minibatch order, z, evaluation
@@ -78,7 +96,13 @@ TEXTBOOK_RECIPE = {
 
 @dataclass(frozen=True)
 class Recipe:
-    """Everything that determines a trained decoder (its hash names cache files)."""
+    """Everything that determines a trained model (its hash names cache files).
+
+    ``n_samples`` and ``z_sharing`` apply to the prior objectives, ``k``, ``encoder_hidden``
+    and ``encoder_layers`` to the encoder objectives (``k`` None: ``DEFAULT_K``). A field that
+    does not apply must keep its default and is left out of :meth:`settings` and :meth:`key`,
+    so the keys of prior-objective recipes are those they had before encoders existed.
+    """
 
     objective: str
     latent_dim: int
@@ -95,25 +119,55 @@ class Recipe:
     split: str = "train"
     binarize: str = "static"
     data_seed: int = 0
+    k: int | None = None
+    encoder_hidden: int = 256
+    encoder_layers: int = 2
 
     def __post_init__(self) -> None:
         for f, accepted in (("objective", OBJECTIVES), ("output", OUTPUTS), ("z_sharing", Z_SHARING)):
             if getattr(self, f) not in accepted:
                 raise InputError(f"{f}={getattr(self, f)!r} is not supported; "
                                  f"accepted: {', '.join(accepted)}")
-        for f in ("latent_dim", "hidden", "layers", "steps", "batch_size", "n_samples"):
+        if self.encoder and self.k is None:
+            object.__setattr__(self, "k", DEFAULT_K[self.objective])
+        for f in ("latent_dim", "hidden", "layers", "steps", "batch_size", "n_samples",
+                  *(ENCODER_FIELDS if self.encoder else ())):
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{f}={v!r} is invalid; accepted: a positive integer")
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             raise InputError(f"lr={self.lr!r} is invalid; accepted: a positive number")
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        unused = PRIOR_FIELDS if self.encoder else ENCODER_FIELDS
+        for f in unused:
+            if getattr(self, f) != defaults[f]:
+                users = "vae, iwae" if f in ENCODER_FIELDS else ", ".join(PRIOR_OBJECTIVES)
+                raise InputError(f"{f}={getattr(self, f)!r} does not apply to objective={self.objective!r} "
+                                 f"(only to {users}); accepted: leave it at its default "
+                                 f"{defaults[f]!r}")
+
+    @property
+    def encoder(self) -> bool:
+        """Whether the objective trains an encoder with the decoder."""
+        return self.objective in ENCODER_OBJECTIVES
 
     def architecture(self) -> dict[str, Any]:
         return architecture(self.latent_dim, self.hidden, self.layers, self.output)
 
+    def encoder_architecture(self) -> dict[str, Any] | None:
+        """The encoder's architecture (:func:`lvm.encoder.encoder_architecture`), None without one."""
+        if not self.encoder:
+            return None
+        return _encoder.encoder_architecture(self.latent_dim, self.encoder_hidden, self.encoder_layers)
+
+    def settings(self) -> dict[str, Any]:
+        """The recipe as a dict, without the fields its objective does not use (see the class)."""
+        unused = PRIOR_FIELDS if self.encoder else ENCODER_FIELDS
+        return {f: v for f, v in asdict(self).items() if f not in unused}
+
     def key(self) -> str:
-        """Short stable hash of the recipe (names cache files)."""
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        """Short stable hash of the recipe's :meth:`settings` (names cache files)."""
+        blob = json.dumps(self.settings(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:12]
 
     def replace(self, **changes: Any) -> Recipe:
@@ -122,10 +176,15 @@ class Recipe:
     def deviations_from_textbook(self) -> list[str]:
         """What this recipe does differently from the series, in words."""
         out = []
-        for f in ("hidden", "layers", "output", "steps", "batch_size", "n_samples"):
+        for f in ("hidden", "layers", "output", "steps", "batch_size",
+                  *(() if self.encoder else ("n_samples",))):
             if getattr(self, f) != TEXTBOOK_RECIPE[f]:
                 out.append(f"{f} = {getattr(self, f)} instead of {TEXTBOOK_RECIPE[f]}")
-        if self.z_sharing == "batch":
+        if self.encoder:
+            out.append(f"z drawn from a jointly trained encoder q(z|x) ({self.encoder_layers} x "
+                       f"{self.encoder_hidden} ELU, diagonal Gaussian), k = {self.k} per datapoint, "
+                       "instead of N = 128 prior draws: the series trains decoders by prior sampling only")
+        elif self.z_sharing == "batch":
             out.append("z shared across the minibatch (N prior draws per step, logits matmul fast path) "
                        "instead of independent z per datapoint")
         if self.dataset == "mnist-5k":
@@ -148,13 +207,52 @@ def objective_loss(decoder: nn.Module, x: torch.Tensor, z: torch.Tensor, objecti
         return -(torch.logsumexp(ll, dim=1) - math.log(ll.shape[1]))
     if objective == "jensen":
         return -ll.mean(dim=1)
-    raise InputError(f"objective={objective!r} is not supported; accepted: {', '.join(OBJECTIVES)}")
+    raise InputError(f"objective={objective!r} is not supported; accepted: {', '.join(PRIOR_OBJECTIVES)}")
+
+
+def encoder_loss(encoder: _encoder.GaussianEncoder, decoder: nn.Module, x: torch.Tensor,
+                 eps: torch.Tensor, objective: str, output: str = "logits") -> torch.Tensor:
+    """Per-datapoint loss [B] in nats (positive): minus the ELBO ("vae") or the IWAE bound ("iwae").
+
+    eps [B, k, K] are standard normal draws; z = mean(x) + std(x) * eps (reparameterised, so
+    gradients reach both networks) and log q(z|x) = sum_j (-eps_j^2 / 2 - log std_j) - K/2 log 2 pi.
+    "vae" averages log w over the k draws (the ELBO for k = 1), "iwae" takes logsumexp - log k.
+    """
+    mean, log_std = encoder.params(x)
+    z = mean[:, None] + torch.exp(log_std)[:, None] * eps
+    log_q = (-0.5 * eps * eps - log_std[:, None]).sum(-1) - 0.5 * eps.shape[-1] * math.log(2 * math.pi)
+    lw = bernoulli_log_likelihood(x, decoder(z), output) + std_normal_log_prob(z) - log_q
+    if objective == "vae":
+        return -lw.mean(dim=1)
+    if objective == "iwae":
+        return -(torch.logsumexp(lw, dim=1) - math.log(lw.shape[1]))
+    raise InputError(f"objective={objective!r} is not supported; accepted: {', '.join(ENCODER_OBJECTIVES)}")
+
+
+OBJECTIVE_FORMULAS = {
+    "prior-iwae": "loss = -(logsumexp_i log p(x|z_i) - log N), z_i ~ N(0, I)",
+    "jensen": "loss = -(1/N) sum_i log p(x|z_i), z_i ~ N(0, I)",
+    "vae": "loss = -(1/k) sum_i log w_i (minus the ELBO; k = 1 in the zoo), log w_i = log p(x|z_i) + "
+           "log p(z_i) - log q(z_i|x), z_i = mean(x) + std(x) * eps_i, eps_i ~ N(0, I) per datapoint",
+    "iwae": "loss = -(logsumexp_i log w_i - log k) (minus the importance-weighted bound), log w_i = "
+            "log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i = mean(x) + std(x) * eps_i, eps_i ~ N(0, I), "
+            "k draws per datapoint",
+}
 
 
 def _draw_z(recipe: Recipe, batch: int, g: torch.Generator) -> torch.Tensor:
-    shape = ((recipe.n_samples, recipe.latent_dim) if recipe.z_sharing == "batch"
+    """Prior z for a step, or (encoder objectives) the eps [batch, k, K] of the reparameterisation."""
+    shape = ((batch, recipe.k, recipe.latent_dim) if recipe.encoder
+             else (recipe.n_samples, recipe.latent_dim) if recipe.z_sharing == "batch"
              else (batch, recipe.n_samples, recipe.latent_dim))
     return torch.randn(*shape, generator=g, dtype=torch.float32)
+
+
+def _loss(model: BernoulliLVM, x: torch.Tensor, z: torch.Tensor, objective: str) -> torch.Tensor:
+    """Per-datapoint loss [B] of either kind: z is prior z or, with an encoder, eps."""
+    if objective in ENCODER_OBJECTIVES:
+        return encoder_loss(model.encoder, model.decoder, x, z, objective, model.output)
+    return objective_loss(model.decoder, x, z, objective, model.output)
 
 
 # ----------------------------------------------------------------------------- training
@@ -189,26 +287,44 @@ def _load_data(recipe: Recipe, data: torch.Tensor | None) -> tuple[torch.Tensor,
 @torch.no_grad()
 def evaluate(model: BernoulliLVM, x: torch.Tensor, objective: str, *, n_samples: int = 128,
              batch_size: int = 256, seed: int = 0, z_sharing: str = "batch") -> float:
-    """Mean loss (nats, positive) over all of x, fresh seeded z per batch, float32."""
-    dec = model.decoder
+    """Mean loss (nats, positive) over all of x, fresh seeded z per batch, float32.
+
+    For the encoder objectives ``n_samples`` is k, the draws of q(z|x) per datapoint.
+    """
     g = rng.generator(seed, STREAM_EVAL)
     total = 0.0
     for i in range(0, len(x), batch_size):
         xb = x[i:i + batch_size].to(torch.float32)
-        shape = ((n_samples, model.latent_dim) if z_sharing == "batch"
-                 else (len(xb), n_samples, model.latent_dim))
+        shape = ((len(xb), n_samples, model.latent_dim)
+                 if objective in ENCODER_OBJECTIVES or z_sharing == "datapoint"
+                 else (n_samples, model.latent_dim))
         z = torch.randn(*shape, generator=g, dtype=torch.float32)
-        total += float(objective_loss(dec, xb, z, objective, model.output).sum())
+        total += float(_loss(model, xb, z, objective).sum())
     return total / len(x)
 
 
-def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = True,
-          threads: int | None = 1, name: str | None = None) -> TrainResult:
-    """Train a decoder by ``recipe`` in float32 and return it with its metadata.
+def _test_bounds(model: BernoulliLVM, recipe: Recipe, seed: int) -> dict[str, Any]:
+    """:func:`lvm.encoder.evaluate_bounds` on the recipe dataset's test split, with its identity."""
+    from . import data as lvm_data
 
-    ``data``: 0/1 float tensor [n, 784] to train on instead of ``recipe.dataset``.
-    ``threads``: torch threads during training (default 1, for reproducible
-    bits; restored afterwards). ``None`` leaves torch's setting alone.
+    ds = lvm_data.load(recipe.dataset, "test", binarize=recipe.binarize, seed=recipe.data_seed)
+    t0 = time.perf_counter()
+    out = _encoder.evaluate_bounds(model, ds.x.to(torch.float64), seed=seed)
+    return {"dataset": recipe.dataset, "split": "test", "binarize": recipe.binarize,
+            "data_seed": recipe.data_seed, "data_sha256": ds.identity.get("sha256"), **out,
+            "wall_time_s": round(time.perf_counter() - t0, 2)}
+
+
+def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = True,
+          threads: int | None = 1, name: str | None = None, test_bounds: bool = True) -> TrainResult:
+    """Train a decoder (and for the encoder objectives its encoder) by ``recipe`` in float32.
+
+    Returns the model with its metadata. ``data``: 0/1 float tensor [n, 784] to train on
+    instead of ``recipe.dataset``. ``threads``: torch threads during training (default 1, for
+    reproducible bits; restored afterwards). ``None`` leaves torch's setting alone.
+    ``test_bounds``: for the encoder objectives trained on ``recipe.dataset`` (no ``data``),
+    record the ELBO and IWAE bounds on its test split (:func:`lvm.encoder.evaluate_bounds`,
+    seed ``recipe.seed``) in the metadata.
     """
     from tqdm.auto import tqdm
 
@@ -219,9 +335,10 @@ def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = 
     label = name or f"{recipe.objective}-k{recipe.latent_dim}"
     with set_torch_threads(threads):
         used_threads = torch.get_num_threads()
-        model = build(arch, seed=recipe.seed)
-        dec = model.decoder.to(torch.float32).train()
-        opt = torch.optim.Adam(dec.parameters(), lr=recipe.lr)
+        model = build(arch, seed=recipe.seed, encoder_arch=recipe.encoder_architecture())
+        nets = [model.decoder] + ([model.encoder] if model.encoder is not None else [])
+        params = [p for net in nets for p in net.to(torch.float32).train().parameters()]
+        opt = torch.optim.Adam(params, lr=recipe.lr)
         g_data, g_z = rng.generator(recipe.seed, STREAM_DATA), rng.generator(recipe.seed, STREAM_Z)
         order = torch.empty(0, dtype=torch.int64)
         losses: list[float] = []
@@ -235,7 +352,7 @@ def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = 
                 idx, order = order[:recipe.batch_size], order[recipe.batch_size:]
                 xb = x[idx]
                 z = _draw_z(recipe, len(xb), g_z)
-                loss = objective_loss(dec, xb, z, recipe.objective, recipe.output).mean()
+                loss = _loss(model, xb, z, recipe.objective).mean()
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"train {label}: loss is {float(loss)} at step {step}")
                 opt.zero_grad(set_to_none=True)
@@ -248,35 +365,47 @@ def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = 
         finally:
             bar.close()
         wall = time.perf_counter() - t0
-        dec.eval().requires_grad_(False)
+        for net in nets:
+            net.eval().requires_grad_(False)
         model.invalidate()
         final = float(np.mean(losses[-LOSS_WINDOW:]))
-        evals = {obj: round(evaluate(model, x, obj, n_samples=recipe.n_samples, seed=recipe.seed), 4)
-                 for obj in OBJECTIVES}
+        if recipe.encoder:  # k = 1 and the iwae k (the recipe's when it trains iwae)
+            eval_k = {"vae": 1, "iwae": recipe.k if recipe.objective == "iwae" else DEFAULT_K["iwae"]}
+        else:
+            eval_k = dict.fromkeys(PRIOR_OBJECTIVES, recipe.n_samples)
+        evals = {obj: round(evaluate(model, x, obj, n_samples=k, seed=recipe.seed), 4)
+                 for obj, k in eval_k.items()}
+        bounds = (_test_bounds(model, recipe, recipe.seed)
+                  if recipe.encoder and test_bounds and data is None else None)
     curve_every = max(1, recipe.steps // 20)
+    draws = recipe.k if recipe.encoder else recipe.n_samples
     metadata = {
         "format": FORMAT,
         "name": name,
         "architecture": arch,
+        **({"encoder_architecture": recipe.encoder_architecture()} if recipe.encoder else {}),
         "objective": recipe.objective,
-        "objective_formula": ("loss = -(logsumexp_i log p(x|z_i) - log N), z_i ~ N(0, I)"
-                              if recipe.objective == "prior-iwae"
-                              else "loss = -(1/N) sum_i log p(x|z_i), z_i ~ N(0, I)"),
-        "recipe": asdict(recipe),
+        "objective_formula": OBJECTIVE_FORMULAS[recipe.objective],
+        "recipe": recipe.settings(),
         "recipe_key": recipe.key(),
-        "steps": recipe.steps, "batch_size": recipe.batch_size, "n_samples": recipe.n_samples,
+        "steps": recipe.steps, "batch_size": recipe.batch_size, "n_samples": draws,
+        **({"k": recipe.k} if recipe.encoder else {}),
         "lr": recipe.lr, "optimizer": "Adam", "seed": recipe.seed, "dtype": "float32",
-        "z_sharing": recipe.z_sharing,
+        "z_sharing": "datapoint" if recipe.encoder else recipe.z_sharing,
         "data": identity,
         "final_train_loss": round(final, 4),
         "final_train_loss_window": min(LOSS_WINDOW, len(losses)),
         "final_train_loss_note": "nats per datapoint, positive = -objective; mean minibatch loss "
                                  "over the last final_train_loss_window steps",
         "train_loss_full_split": evals,
-        "train_loss_full_split_note": f"after training: mean loss over the whole training data, "
-                                      f"N = {recipe.n_samples} fresh prior samples per batch, "
-                                      "both objectives (prior-iwae is minus the log-space estimate "
-                                      "of log p(x))",
+        "train_loss_full_split_note": (
+            f"after training: mean loss over the whole training data, float32, fresh draws, k = "
+            f"{eval_k['vae']} (vae) and {eval_k['iwae']} (iwae) draws of q(z|x) per datapoint: minus "
+            "the ELBO and minus the IWAE bound" if recipe.encoder else
+            f"after training: mean loss over the whole training data, N = {recipe.n_samples} fresh "
+            "prior samples per batch, both objectives (prior-iwae is minus the log-space estimate "
+            "of log p(x))"),
+        **({"test_bounds": bounds} if bounds is not None else {}),
         "loss_curve": {"every": curve_every,
                        "mean_loss": [round(float(np.mean(losses[i:i + curve_every])), 3)
                                      for i in range(0, len(losses), curve_every)]},

@@ -17,29 +17,42 @@ A name is ``<family>-k<K>`` with K the latent dimension (any positive integer;
 ``jensen-k{K}``
     the same decoder trained with "Approach 2": minimise -mean_i log p(x|z_i)
     over 128 prior samples (its optimum ignores z: the mean image).
+``vae-k{K}``
+    the same decoder trained jointly with an amortised encoder q(z|x)
+    (:class:`lvm.encoder.GaussianEncoder`, 2 x 256 ELU, diagonal Gaussian):
+    minimise minus the ELBO, one reparameterised draw of q(z|x) per datapoint.
+    Loaded with ``.encoder`` set, so ``model.proposal(x)`` draws from q(z|x).
+``iwae-k{K}``
+    the same with minus the importance-weighted bound, k = 5 draws per datapoint.
 
 Trained recipe (``recipe(name)``, see :mod:`lvm.train`): Adam lr 1e-3, batch
-256, 1,000 steps, N = 128, float32, seed 0, on the "mnist-5k" train split
-(static binarization, seed 0), with the N prior draws shared by the whole
-minibatch each step (the logits matmul fast path) instead of drawn per
-datapoint; every deviation from the series is listed in the checkpoint's
-JSON (``deviations_from_textbook``).
+256, float32, seed 0, on the "mnist-5k" train split (static binarization,
+seed 0). The prior families: 1,000 steps, N = 128, with the N prior draws
+shared by the whole minibatch each step (the logits matmul fast path) instead
+of drawn per datapoint; every deviation from the series is listed in the
+checkpoint's JSON (``deviations_from_textbook``). The encoder families:
+``ENCODER_RECIPE_DEFAULTS`` (1,000 steps: more overfit the 4,000 digits, the
+test-split bounds get worse) and k from ``ENCODER_K``; their
+metadata records the test split's ELBO and IWAE bounds (``test_bounds``, see
+:func:`lvm.encoder.evaluate_bounds`).
 
 Where trained weights come from, in this order:
 
 1. a shipped checkpoint ``lvm/checkpoints/<name>.pt`` (+ ``.json``); shipped:
-   ``SHIPPED`` (prior-iwae-k2 and jensen-k2);
+   ``SHIPPED`` (prior-iwae-k2, jensen-k2, vae-k2 and iwae-k2);
 2. the model cache ``<root>/models/<name>-<recipe key>.pt``, where root is
    :func:`lvm._io.cache_root` (``cache_dir``, else ``$LVM_CACHE_DIR``, else
    ``~/.cache/lvm-bench``: the same root the data and ground-truth caches use);
-3. otherwise the model is trained once (deterministic for the recipe, about
-   15-20 s on one CPU thread) and saved there atomically for reuse.
+3. otherwise the model is trained once (deterministic for the recipe; on one
+   CPU thread about 15-20 s for a prior family, a few minutes for an encoder
+   family) and saved there atomically for reuse.
 
 ``train_models`` trains names ahead of time (the ``train`` command).
 
 Checkpoints (:mod:`lvm.checkpoint`) are float32 state dicts loaded with
-``torch.load(weights_only=True)`` (loading never runs code); a file whose keys,
-shapes or recorded architecture do not match the name's architecture is an
+``torch.load(weights_only=True)`` (loading never runs code; an encoder family's
+file holds both networks, keys prefixed ``decoder.`` and ``encoder.``); a file
+whose keys, shapes or recorded architectures do not match the name's is an
 InputError naming the file.
 
 Every model can be viewed in the other likelihood parametrization with
@@ -63,14 +76,16 @@ import torch
 from . import train as _train
 from ._io import cache_root
 from .checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from .encoder import encoder_architecture
 from .errors import InputError
 from .model import BernoulliLVM, architecture, build
 
 DEFAULT_KS = (1, 2, 4, 8, 16)
-FAMILIES = ("untrained", "untrained-probs", "prior-iwae", "jensen")
-TRAINED = ("prior-iwae", "jensen")
+FAMILIES = ("untrained", "untrained-probs", "prior-iwae", "jensen", "vae", "iwae")
+TRAINED = ("prior-iwae", "jensen", "vae", "iwae")
+ENCODER_FAMILIES = ("vae", "iwae")  # trained with an encoder q(z|x): their models have .encoder
 PATTERNS = tuple(f"{f}-k{{K}}" for f in FAMILIES)
-SHIPPED = ("prior-iwae-k2", "jensen-k2")
+SHIPPED = ("prior-iwae-k2", "jensen-k2", "vae-k2", "iwae-k2")
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 
 # The architectures and the default training recipe (change them and cached
@@ -80,6 +95,10 @@ SMALL_PROBS = {"hidden": 128, "layers": 2, "output": "probs"}
 RECIPE_DEFAULTS: dict[str, Any] = {"steps": 1000, "batch_size": 256, "n_samples": 128, "lr": 1e-3,
                                    "seed": 0, "z_sharing": "batch", "dataset": "mnist-5k",
                                    "split": "train", "binarize": "static", "data_seed": 0}
+# The encoder families: RECIPE_DEFAULTS without the prior-sampling fields, then these two.
+ENCODER = {"encoder_hidden": 256, "encoder_layers": 2}
+ENCODER_RECIPE_DEFAULTS: dict[str, Any] = {"steps": 1000}
+ENCODER_K = {"vae": 1, "iwae": 5}  # draws of q(z|x) per datapoint and step
 
 _NAME_RE = re.compile(r"^(?P<family>[a-z][a-z-]*?)-k(?P<k>\d+)$")
 
@@ -94,9 +113,20 @@ class Spec:
     def trained(self) -> bool:
         return self.family in TRAINED
 
+    @property
+    def has_encoder(self) -> bool:
+        return self.family in ENCODER_FAMILIES
+
     def architecture(self) -> dict[str, Any]:
+        """The decoder's architecture (what the estimators' FLOP counts run)."""
         shape = SMALL_PROBS if self.family == "untrained-probs" else BIG
         return architecture(self.latent_dim, **shape)
+
+    def encoder_architecture(self) -> dict[str, Any] | None:
+        """The encoder's architecture for the encoder families, else None."""
+        if not self.has_encoder:
+            return None
+        return encoder_architecture(self.latent_dim, ENCODER["encoder_hidden"], ENCODER["encoder_layers"])
 
 
 def names(ks: tuple[int, ...] | list[int] | None = None) -> list[str]:
@@ -133,6 +163,10 @@ def recipe(name: str) -> _train.Recipe:
     if not spec.trained:
         raise InputError(f"model {name!r} is not trained; trainable families: "
                          f"{', '.join(f'{f}-k{{K}}' for f in TRAINED)}")
+    if spec.has_encoder:
+        base = {k: v for k, v in RECIPE_DEFAULTS.items() if k not in _train.PRIOR_FIELDS}
+        return _train.Recipe(objective=spec.family, latent_dim=spec.latent_dim, **BIG,
+                             **{**base, **ENCODER_RECIPE_DEFAULTS, **ENCODER}, k=ENCODER_K[spec.family])
     return _train.Recipe(objective=spec.family, latent_dim=spec.latent_dim, **BIG, **RECIPE_DEFAULTS)
 
 
@@ -156,7 +190,7 @@ def get(name: str, *, cache_dir: str | os.PathLike[str] | None = None,
     (``progress``: tqdm bar while training).
     """
     spec = parse(name)
-    arch = spec.architecture()
+    arch, enc = spec.architecture(), spec.encoder_architecture()
     if not spec.trained:
         return build(arch, seed=0)
     rec = recipe(name)
@@ -167,12 +201,12 @@ def get(name: str, *, cache_dir: str | os.PathLike[str] | None = None,
             warnings.warn(f"{shipped} was trained with recipe {meta.get('recipe')}, which differs from "
                           f"the current default {rec}; regenerate with scripts/train_checkpoints.py",
                           stacklevel=2)
-        return load_checkpoint(shipped, arch)
+        return load_checkpoint(shipped, arch, encoder_arch=enc)
     path = cache_path(name, rec, cache_dir=cache_dir)
     if not path.is_file():
         result = _train.train(rec, progress=progress, name=name)
         save_checkpoint(result, path)
-    return load_checkpoint(path, arch)
+    return load_checkpoint(path, arch, encoder_arch=enc)
 
 
 def metadata(name: str, *, cache_dir: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:

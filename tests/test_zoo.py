@@ -39,11 +39,14 @@ def _data(n=256, seed=0):
 def test_names():
     got = zoo.names()
     for k in (1, 2, 4, 8, 16):
-        for fam in ("untrained", "untrained-probs", "prior-iwae", "jensen"):
+        for fam in ("untrained", "untrained-probs", "prior-iwae", "jensen", "vae", "iwae"):
             assert f"{fam}-k{k}" in got
-    assert len(got) == len(set(got)) == 20
-    assert zoo.names(ks=[3]) == ["untrained-k3", "untrained-probs-k3", "prior-iwae-k3", "jensen-k3"]
+    assert len(got) == len(set(got)) == 30
+    assert zoo.names(ks=[3]) == ["untrained-k3", "untrained-probs-k3", "prior-iwae-k3", "jensen-k3",
+                                 "vae-k3", "iwae-k3"]
     assert zoo.is_trained("prior-iwae-k2") and not zoo.is_trained("untrained-probs-k2")
+    assert zoo.is_trained("iwae-k2") and zoo.parse("iwae-k2").family == "iwae"
+    assert zoo.parse("prior-iwae-k2").family == "prior-iwae"
 
 
 @pytest.mark.parametrize("bad", ["nope-k2", "prior-iwae", "prior-iwae-k0", "untrained-k02", "", 3])
