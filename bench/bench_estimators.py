@@ -33,7 +33,7 @@ import pytest
 import torch
 
 import lvm
-from lvm.runtime import set_torch_threads
+from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 
 B, N, K = 100, 10_000, 2
 DTYPE = torch.float32
@@ -71,6 +71,7 @@ def textbook_log_px(decoder: torch.nn.Module, x: torch.Tensor, z: torch.Tensor,
 
 @pytest.fixture(autouse=True)
 def _threads():
+    keep_temporaries_on_heap()  # as the sweep times its cells
     with set_torch_threads(THREADS):
         yield
 

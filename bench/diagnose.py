@@ -33,7 +33,7 @@ from lvm.errors import InputError, check_int
 from lvm.estimators import CHUNK, Draws
 from lvm.numerics import DTYPES, dtype_facts
 from lvm.reference import log_marginal
-from lvm.runtime import set_torch_threads
+from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 from lvm.shared import AUTOCAST_DTYPES, PRECISIONS, estimate, evaluate
 
 from .config import ESTIMATORS, estimator_spec
@@ -169,6 +169,7 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
         raise InputError(f"--model {model_spec!r} has data_dim {model.data_dim}, --data {data!r} has "
                          f"{x.shape[1]} pixels; accepted: the same dimension")
     method = "quadrature" if model.latent_dim <= QUADRATURE_K else "importance"
+    keep_temporaries_on_heap()  # timings as the sweep takes them
     with set_torch_threads(threads or torch.get_num_threads()):
         ref = None
         if truth or (truth is None and method == "quadrature"):

@@ -25,11 +25,12 @@ import torch
 from . import rng
 from .errors import InputError, check_int
 from .model import check_data, check_log_likelihood, check_model, std_normal_log_prob
-from .numerics import LogSumExpState, as_tensor, dtype_name, parse_dtype
+from .numerics import LogSumExpState, Scratch, as_tensor, dtype_name, parse_dtype
 from .runtime import check_device
 
 BLOCK = 4096  # draws per seeded block: fixed, so results never depend on chunk_size
 CHUNK = 2048  # draws per chunk of the streamed estimators (prior proposal)
+PROPOSAL_CHUNK = 256  # ... with a proposal: B x chunk draws, each digit its own decoder pass
 FORMS = ("product", "exp")
 
 
@@ -155,6 +156,15 @@ def _zero_cutoff(dtype: torch.dtype, device: torch.device) -> float:
             hi = mid
 
 
+def _row_counts(none: torch.Tensor, every: torch.Tensor, n: int, hits) -> torch.Tensor:
+    """Per row of a [B, n] chunk, how many entries ``hits()`` (a [B, n] bool tensor) marks, where
+    ``none`` / ``every`` [B] say which rows are known to have no hit / only hits: when they
+    settle every row, the counts follow from them without ``hits()``'s pass over the chunk."""
+    if bool((none | every).all()):
+        return torch.where(every, n, 0)
+    return hits().sum(-1)
+
+
 class _Diagnostics:
     """Zero / non-finite term counts and the ESS of the weights, in one float64 pass.
 
@@ -169,22 +179,41 @@ class _Diagnostics:
         self.m = torch.full((B,), -math.inf, dtype=dtype, device=device)
         self.s1 = torch.zeros(B, dtype=dtype, device=device)
         self.s2 = torch.zeros(B, dtype=dtype, device=device)
+        self._work = Scratch(dtype, device)
 
     def add(self, terms: torch.Tensor | None, log_w: torch.Tensor) -> None:
-        """Count zero and NaN/+inf terms; ``terms=None`` means exp(log_w) in log_w's dtype."""
+        """Count zero and NaN/+inf terms; ``terms=None`` means exp(log_w) in log_w's dtype.
+
+        Passes over the chunk that cannot change a number are skipped, on the evidence of the
+        row minima and maxima (``amin`` and ``amax`` give a row's NaN if it has one, ``amax``
+        else its +inf): the zero count's compare where each row has no zero term or only zero
+        terms, and the NaN/+inf count and screening where no row has a NaN or +inf log weight
+        (a NaN or +inf term has one, as has a finite weight that a narrowing cast overflows).
+        The exponentials are formed, and squared, in one buffer (:class:`Scratch` for contiguous
+        weights, so in their layout as before).
+        """
+        n = log_w.shape[-1]
         if terms is None:  # exp(lw) == 0 exactly when lw <= the dtype's cutoff: one compare, no exp
-            self.zero += (log_w <= _zero_cutoff(log_w.dtype, log_w.device)).sum(-1)
+            cutoff = _zero_cutoff(log_w.dtype, log_w.device)
+            lo, hi = log_w.amin(-1), log_w.amax(-1)
+            self.zero += _row_counts(lo > cutoff, hi <= cutoff, n, lambda: log_w <= cutoff)
             terms = log_w
         else:
-            self.zero += (terms == 0).sum(-1)
-        self.nonfinite += (torch.isnan(terms) | (terms == math.inf)).sum(-1)
-        lw = torch.nan_to_num(log_w.to(self.dtype), nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
-        m_c = torch.maximum(lw.amax(-1), self.m)
+            lo, hi = terms.amin(-1), terms.amax(-1)
+            self.zero += _row_counts(lo > 0, (lo == 0) & (hi == 0), n, lambda: terms == 0)
+        lw = log_w.to(self.dtype)
+        top = lw.amax(-1)
+        if not bool((top < math.inf).all()):  # a NaN or +inf somewhere: count, screen, reduce again
+            self.nonfinite += (torch.isnan(terms) | (terms == math.inf)).sum(-1)
+            lw = torch.nan_to_num(lw, nan=-math.inf, posinf=-math.inf, neginf=-math.inf)
+            top = lw.amax(-1)
+        m_c = torch.maximum(top, self.m)
         shift = torch.where(m_c == -math.inf, 0.0, m_c)
-        e = torch.exp(lw - shift[:, None])
+        out = self._work.like(lw) if lw.is_contiguous() else None
+        e = torch.sub(lw, shift[:, None], out=out).exp_()
         scale = torch.exp(self.m - shift)
         self.s1 = self.s1 * scale + e.sum(-1)
-        self.s2 = self.s2 * scale * scale + (e * e).sum(-1)
+        self.s2 = self.s2 * scale * scale + e.mul_(e).sum(-1)
         self.m = m_c
 
     def ess(self) -> torch.Tensor:
@@ -256,7 +285,7 @@ def log_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtyp
     """logsumexp_i log p(x|z_i) - log N, streamed over chunks of samples."""
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, chunk_size)
     acc = parse_dtype(accumulate_dtype, argument="accumulate_dtype") if accumulate_dtype else dt
-    chunk = chunk_size or (CHUNK if proposal is None else 256)
+    chunk = chunk_size or (CHUNK if proposal is None else PROPOSAL_CHUNK)
     out = _LogSum(len(x), dt, acc, dev)
     for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
         out.add(_log_terms(model, x, z, corr, dt, dev))
@@ -279,7 +308,8 @@ def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dty
         raise InputError("form='product' needs a model with pixel_probs(x, z, dtype); "
                          "accepted for this model: form='exp'")
     B = len(x)
-    chunk = chunk_size or (_product_chunk(B, x.shape[1]) if form == "product" else CHUNK)
+    chunk = chunk_size or (_product_chunk(B, x.shape[1]) if form == "product"
+                           else CHUNK if proposal is None else PROPOSAL_CHUNK)
     out = _ProbSum(B, dt, dev, form)
     for z, corr in Draws(model, n, seed, proposal).chunks(chunk):
         out.add(_prob_terms(model, x, z, corr, dt, dev, form))

@@ -42,8 +42,8 @@ def bernoulli_log_likelihood(x: torch.Tensor, out: torch.Tensor, output: str) ->
     both the estimators' likelihood and the training objectives.
     """
     if output == "logits":
-        if out.dim() == 2:
-            return x @ out.T - nn.functional.softplus(out).sum(-1)
+        if out.dim() == 2:  # in place on the product's fresh [B, N] result: one pass, no second tensor
+            return (x @ out.T).sub_(nn.functional.softplus(out).sum(-1))
         return (x[:, None, :] * out - nn.functional.softplus(out)).sum(-1)
     p = clamp_probs(out)
     if out.dim() == 2:
@@ -110,6 +110,8 @@ def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.
         raise InputError(f"x has shape {tuple(x.shape)}; accepted: [B, {data_dim}] or [{data_dim}]")
     if x.shape[0] == 0:
         raise InputError("x has no rows; accepted: at least one datapoint")
+    if binary and not x.is_complex() and bool(((x == 0) | (x == 1)).all()):
+        return x  # 0/1 everywhere is finite too: one pass, no float64 copy, on the hot path
     xf = x.to(torch.float64)
     if torch.isnan(xf).any():
         raise InputError(f"x contains NaN ({int(torch.isnan(xf).sum())} values); accepted: finite values")
@@ -120,6 +122,18 @@ def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.
         bad = xf[(xf != 0) & (xf != 1)][:3].tolist()
         raise InputError(f"x is not binary (values such as {bad}); accepted: 0 and 1 only")
     return x
+
+
+def _activations_in_place(module: nn.Module) -> None:
+    """In a no-grad copy, let each ELU that follows a Linear in a Sequential overwrite that Linear's
+    fresh output instead of allocating another tensor: the same values, one [N, hidden] tensor less
+    per layer. Only there: elsewhere an activation's input may be used again (a skip connection)."""
+    for seq in module.modules():
+        if isinstance(seq, nn.Sequential):
+            layers = list(seq.children())
+            for prev, act in zip(layers, layers[1:], strict=False):
+                if isinstance(prev, nn.Linear) and type(act) is nn.ELU:
+                    act.inplace = True
 
 
 class _DtypeCache:
@@ -135,6 +149,7 @@ class _DtypeCache:
             m = copy.deepcopy(self.module).to(device=device, dtype=dtype).eval()
             for p in m.parameters():
                 p.requires_grad_(False)
+            _activations_in_place(m)
             self._copies[key] = m
         return self._copies[key]
 

@@ -94,6 +94,20 @@ def dtype_facts(dtype: str | torch.dtype) -> DtypeFacts:
     )
 
 
+class Scratch:
+    """One contiguous buffer kept from chunk to chunk: a chunk-sized temporary freed and
+    allocated again costs the allocator fresh pages. ``like(t)`` is a view shaped as ``t``
+    (contiguous ``t``), valid until the next call."""
+
+    def __init__(self, dtype: torch.dtype, device: torch.device | str = "cpu"):
+        self.buf = torch.empty(0, dtype=dtype, device=device)
+
+    def like(self, t: torch.Tensor) -> torch.Tensor:
+        if self.buf.numel() < t.numel():
+            self.buf = torch.empty(t.numel(), dtype=self.buf.dtype, device=t.device)
+        return self.buf[:t.numel()].view(t.shape)
+
+
 class LogSumExpState:
     """Running logsumexp over a stream of chunks, mergeable across streams.
 
@@ -111,20 +125,32 @@ class LogSumExpState:
         self.s = torch.zeros(shape, dtype=dtype, device=device)
         self.posinf = torch.zeros(shape, dtype=torch.bool, device=device)
         self.nan = torch.zeros(shape, dtype=torch.bool, device=device)
+        self._work = Scratch(dtype, device)
 
     def update(self, a: torch.Tensor, dim: int = -1) -> LogSumExpState:
-        """Fold a chunk in, reducing over ``dim`` (a 0-d chunk is one term, as in :func:`logsumexp`)."""
+        """Fold a chunk in, reducing over ``dim`` (a 0-d chunk is one term, as in :func:`logsumexp`).
+
+        NaN and +inf terms are flagged and then left out as -inf. The row maxima tell whether
+        a chunk has any (``max`` returns a row's NaN if it has one, else its +inf), so a chunk
+        without them skips that screening, which would leave every term as it is: both paths
+        give the same bits. The exponentials are formed in place in one buffer (:class:`Scratch`
+        for a contiguous chunk, so in the chunk's layout as before), then made contiguous as an
+        out-of-place ``scatter`` left them: the layout fixes the order of the sum.
+        """
         a, dim = _reduction_input(a, dim)
         a = a.to(self.dtype)
         if a.shape[dim] == 0:
             return self
-        self.nan |= torch.isnan(a).any(dim)
-        self.posinf |= (a == math.inf).any(dim)
-        clean = torch.where(torch.isnan(a) | (a == math.inf), -math.inf, a)
-        m_c, idx = clean.max(dim, keepdim=True)
+        m_c, idx = a.max(dim, keepdim=True)
+        if not bool((m_c < math.inf).all()):  # a NaN or +inf somewhere: flag, screen, reduce again
+            self.nan |= torch.isnan(a).any(dim)
+            self.posinf |= (a == math.inf).any(dim)
+            a = torch.where(torch.isnan(a) | (a == math.inf), -math.inf, a)
+            m_c, idx = a.max(dim, keepdim=True)
         safe = torch.where(torch.isfinite(m_c), m_c, torch.zeros_like(m_c))
-        e = torch.exp(clean - safe)
-        e = e.scatter(dim, idx, torch.zeros_like(m_c))  # the max term itself is the "1"
+        e = torch.sub(a, safe, out=self._work.like(a)) if a.is_contiguous() else torch.sub(a, safe)
+        e = e.exp_().contiguous()
+        e.scatter_(dim, idx, torch.zeros_like(m_c))  # the max term itself is the "1"
         s_c = e.sum(dim)
         self._merge(m_c.squeeze(dim), torch.where(torch.isfinite(m_c.squeeze(dim)), s_c, 0))
         return self

@@ -9,19 +9,14 @@ The tiny sweep (``tiny_run``) runs once per session through the CLI, into a sess
 directory with its own model and ground-truth cache; the sweep, report and compare tests
 read it (copy it before changing anything in it).
 
-Allocator: the estimators allocate and free the same few-MB temporaries once per chunk.
-glibc serves blocks above its mmap threshold (128 KiB until it adapts) with fresh
-mmaps, so every chunk paid ~10^4 page faults: measured 2 s instead of 0.5 s per
-N = 10^5 estimate, mostly system time. Pinning the thresholds at 32 / 64 MiB keeps such
-blocks on the heap (the process keeps up to 64 MiB it no longer uses; nothing else changes).
+Allocator: as the sweep does, the tests keep the estimators' temporaries on the heap
+(``lvm.runtime.keep_temporaries_on_heap``: without it every chunk paid ~10^4 page faults,
+measured 2 s instead of 0.5 s per N = 10^5 estimate, mostly system time).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,26 +24,14 @@ import torch
 from tiny import tiny_toml
 
 import lvm
-from lvm.runtime import set_torch_threads
+from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 
 THREADS = int(os.environ.get("LVM_TEST_THREADS", "1"))
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, glibc <malloc.h>
-
-
-def _keep_temporaries_on_heap() -> None:
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"))
-        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
-        libc.mallopt(M_TRIM_THRESHOLD, 64 << 20)
-    except (OSError, AttributeError):  # not glibc (e.g. musl): leave the allocator alone
-        pass
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _torch_threads():
-    _keep_temporaries_on_heap()
+    keep_temporaries_on_heap()
     with set_torch_threads(THREADS):
         yield
 
