@@ -24,11 +24,12 @@ import torch
 
 import lvm
 from lvm import sources, zoo
+from lvm.encoder import has_encoder
 from lvm.errors import InputError
 from lvm.estimators import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.rng import entropy
-from lvm.runtime import set_torch_threads
+from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 from lvm.shared import estimate as estimate_spec
 from lvm.shared import evaluate
 
@@ -51,7 +52,8 @@ def draw_seed(root: int, model: str, n_samples: int, repeat: int) -> int:
 def estimate(model, x, cell: Cell, seed: int, n_samples: int | None = None) -> lvm.Estimate:
     """Run the cell's estimator once, as a user calls it, with the given draw seed (and N)."""
     return estimate_spec(model, x, n_samples or cell.n_samples, estimator_spec(cell.estimator),
-                         dtype=cell.dtype, device=cell.device, seed=seed, precision=cell.precision)
+                         dtype=cell.dtype, device=cell.device, seed=seed, precision=cell.precision,
+                         proposal=cell.proposal)
 
 
 @dataclass
@@ -80,8 +82,10 @@ def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: floa
         _, first = timed(lambda: estimate(model, x, cell, seed), dev)
     times = autorange(lambda: estimate(model, x, cell, seed), dev, budget=budget, max_runs=MAX_RUNS,
                       first=first)
-    try:
-        flop = float(estimate_flop(zoo.parse(cell.model).architecture(), len(x), cell.n_samples))
+    try:  # with the encoder each digit has its own N draws: the decoder and product run per digit
+        arch = zoo.parse(cell.model).architecture()
+        flop = float(estimate_flop(arch, len(x), cell.n_samples) if cell.proposal == "prior"
+                     else len(x) * estimate_flop(arch, 1, cell.n_samples))
     except InputError:  # an outside model: its network is not described, so its FLOP are unknown
         flop = float("nan")
     return Timing(times, peak.peak, flop, cell.model)
@@ -150,12 +154,16 @@ class Context:
                                      f"{err}") from err
 
     def unavailable(self) -> dict[tuple[str, str], str]:
-        """{(model, parametrization): why} for likelihoods a model cannot give: a model object
-        without ``with_output`` is measured under the grid's first parametrization only."""
+        """{(model, parametrization or proposal): why} for what a model cannot give: a model object
+        without ``with_output`` is measured under the grid's first parametrization only, and one
+        without an encoder under the prior proposal only."""
         out = {}
         params = self.config.grid["parametrization"]
         for name in self.config.models:
             base = self.model(name, params[0])
+            if "encoder" in self.config.grid["proposal"] and not has_encoder(base):
+                out[(name, "encoder")] = (f"model {name!r} has no encoder (proposal(x)): measured with the "
+                                          "prior proposal only")
             for p in params[1:]:
                 if not hasattr(base, "with_output"):
                     out[(name, p)] = (f"model {name!r} has its own log_likelihood only (no with_output): "
@@ -191,7 +199,7 @@ class Context:
     def timing(self, cell: Cell, seed: int) -> Timing:
         """The cell's timing, measured once per (estimator, dtype, N, architecture, device):
         cells that differ only in the weights share it (``timed_model`` says whose ran)."""
-        key = (cell.estimator, cell.dtype, cell.precision, cell.n_samples, cell.device,
+        key = (cell.estimator, cell.dtype, cell.precision, cell.proposal, cell.n_samples, cell.device,
                self.architecture(cell.model, cell.parametrization))
         if key not in self._timings:
             run = self.config.run
@@ -262,6 +270,7 @@ def run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataF
     Runs with ``run.threads`` torch threads: a matmul's rounding depends on how it is split,
     so the numbers must not depend on the machine's core count, and timings stay clean.
     """
+    keep_temporaries_on_heap()  # in whichever process runs the group: timings without page-fault churn
     with set_torch_threads(ctx.config.run["threads"]):
         return _run_group(ctx, cells)
 
@@ -274,30 +283,32 @@ def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.Data
     t_start = time.perf_counter()
     truth = ctx.truth(first.model)
     seeds = [draw_seed(run["seed"], first.model, first.n_samples, r) for r in range(run["repeats"])]
-    # Accuracy: one shared pass per (dtype, repeat); float64 log space is also every cell's replay.
+    # Accuracy: one shared pass per (dtype, precision, proposal, repeat); float64 log space with the
+    # cell's proposal is also every cell's replay.
     params = [p for p in PARAMETRIZATIONS if any(c.parametrization == p for c in cells)]
-    wanted: dict[tuple[str, str], set[str]] = {("float64", "cast"): {"log_space"}}  # (dtype, precision)
+    wanted: dict[tuple[str, str, str], set[str]] = {  # (dtype, precision, proposal) -> estimators
+        ("float64", "cast", prop): {"log_space"} for prop in dict.fromkeys(c.proposal for c in cells)}
     for c in cells:
-        wanted.setdefault((c.dtype, c.precision), set()).add(c.estimator)
+        wanted.setdefault((c.dtype, c.precision, c.proposal), set()).add(c.estimator)
     base = ctx.model(first.model, first.parametrization)
     own = None if hasattr(base, "with_output") else first.parametrization  # one likelihood only
 
-    def shared_pass(dt, precision, names, seed):
+    def shared_pass(dt, precision, proposal, names, seed):
         out = evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
                        estimators={e: estimator_spec(e) for e in sorted(names)},
-                       outputs=None if own else tuple(params), precision=precision)
+                       outputs=None if own else tuple(params), precision=precision, proposal=proposal)
         return {(e, own or o): est for (e, o), est in out.items()}
 
-    passes = {(dt, prec, r): shared_pass(dt, prec, names, seed)
-              for (dt, prec), names in wanted.items() for r, seed in enumerate(seeds)}
+    passes = {(*k, r): shared_pass(*k, names, seed)
+              for k, names in wanted.items() for r, seed in enumerate(seeds)}
     share = (time.perf_counter() - t_start) / len(cells)
     out = []
     for cell in cells:
         t_cell = time.perf_counter()
-        ests = [passes[(cell.dtype, cell.precision, r)][(cell.estimator, cell.parametrization)]
+        ests = [passes[(cell.dtype, cell.precision, cell.proposal, r)][(cell.estimator, cell.parametrization)]
                 for r in range(len(seeds))]
-        replay = np.stack([passes[("float64", "cast", r)][("log_space", cell.parametrization)].log_px.numpy()
-                           for r in range(len(seeds))])
+        replay = np.stack([passes[("float64", "cast", cell.proposal, r)][("log_space", cell.parametrization)]
+                           .log_px.numpy() for r in range(len(seeds))])
         timing = ctx.timing(cell, seeds[0])
         row, raw = _tables(cell, ests, replay, truth, timing)
         row["latent_dim"] = base.latent_dim  # known for outside models too, once loaded

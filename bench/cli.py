@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-samples", "model": "model",
-              "parametrization": "parametrization", "device": "device", "precision": "precision"}
+              "parametrization": "parametrization", "device": "device", "precision": "precision",
+              "proposal": "proposal"}
 
 
 def _terminated(signum, frame):
@@ -182,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--cache-dir", help="where models and ground truth are cached")
     d.set_defaults(func=_diagnose)
 
-    t = sub.add_parser("train", help="train named decoders into a checkpoint directory")
+    t = sub.add_parser("train", help="train named models (decoders, and encoders for vae/iwae) into a "
+                       "checkpoint directory")
     t.add_argument("names", nargs="*", help="model names (default: all trainable)")
     t.add_argument("--out", help="checkpoint directory (default: the model cache)")
     t.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,8 @@ from lvm import sources, zoo
 from lvm.errors import InputError
 from lvm.numerics import DTYPES
 
-PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device", "precision")
+PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device", "precision",
+               "proposal")
 
 # Estimator variants, as levels of the `estimator` axis. acc32 only exists where
 # it differs from plain log space: below float32.
@@ -35,6 +36,8 @@ ESTIMATORS = {
 OUTSIDE = {"space": "outside", "form": None, "accumulate": None}  # an estimator of lvm.sources
 PARAMETRIZATIONS = ("logits", "probs")
 PRECISIONS = ("cast", "autocast")  # lvm.shared.policy: cast the model, or torch.autocast it
+PROPOSALS = ("prior", "encoder")  # lvm.shared: draws from p(z), or from the model's trained q(z|x)
+CAP_JOIN = "+"  # limits.max_n_samples."float16+encoder": a cap on the cells at both levels
 MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -49,9 +52,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
             "repeats": 5, "warmup": 1, "time_budget": 0.25, "reference": "auto", "reference_samples": 20480,
             "reference_se": 1e-3, "threads": 1},
-    "grid": {"precision": ["cast"]},
+    "grid": {"precision": ["cast"], "proposal": ["prior"]},
     "limits": {"max_n_samples": {}, "reasons": {}},
 }
+
+
+# Axes added after runs were committed: a row without them, and a key that does not name them,
+# is at their first level.
+AXIS_DEFAULTS = {"precision": "cast", "proposal": "prior"}
 
 
 class ConfigError(InputError):
@@ -92,14 +100,16 @@ class Cell:
     parametrization: str
     device: str
     precision: str = "cast"
+    proposal: str = "prior"
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Cell:
         """The cell of a row that has the axes as keys (a cells.csv or raw row, a dict); a row
-        written before the precision axis existed is a "cast" cell."""
+        written before the precision (proposal) axis existed is a "cast" ("prior") cell."""
         row = dict(row)
-        if not isinstance(row.get("precision"), str):  # absent, or NaN from a table without it
-            row["precision"] = "cast"
+        for axis, default in AXIS_DEFAULTS.items():
+            if not isinstance(row.get(axis), str):  # absent, or NaN from a table without it
+                row[axis] = default
         try:
             return cls(*(int(row[p]) if p == "n_samples" else str(row[p]) for p in PARAM_NAMES))
         except (KeyError, TypeError, ValueError) as e:
@@ -108,17 +118,17 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Names the cell's files and identifies it across runs. A "cast" cell's key does not
-        name its precision: keys of runs made before the axis existed stay valid."""
-        key = "__".join(str(getattr(self, p)) for p in PARAM_NAMES if p != "precision")
-        return key if self.precision == "cast" else f"{key}__{self.precision}"
+        """Names the cell's files and identifies it across runs. A "cast" / "prior" cell's key does
+        not name its precision / proposal: keys of runs made before those axes existed stay valid."""
+        return "__".join(str(getattr(self, p)) for p in PARAM_NAMES
+                         if p not in AXIS_DEFAULTS or getattr(self, p) != AXIS_DEFAULTS[p])
 
     @property
     def label(self) -> str:
         """The cell for people: ``log_space float32 N=100 untrained-k2 logits cpu``."""
-        return (f"{self.estimator} {self.dtype} N={self.n_samples} {self.model} "
-                f"{self.parametrization} {self.device}"
-                + ("" if self.precision == "cast" else f" {self.precision}"))
+        return " ".join([self.estimator, self.dtype, f"N={self.n_samples}", self.model, self.parametrization,
+                         self.device, *(getattr(self, p) for p, d in AXIS_DEFAULTS.items()
+                                        if getattr(self, p) != d)])
 
     def axes(self) -> dict[str, Any]:
         """The axes as a dict, in grid order."""
@@ -155,14 +165,16 @@ class Config:
     def cells(self, unavailable: dict[tuple[str, str], str] | None = None
               ) -> tuple[list[Cell], list[dict[str, str]]]:
         """The cells to run, in grid order, and the excluded ones with their reason.
-        ``unavailable``: {(model, parametrization): why} for likelihoods a model cannot give."""
+        ``unavailable``: {(model, parametrization or proposal): why} for what a loaded model cannot
+        give (a likelihood, an encoder); zoo models without an encoder are known without loading."""
         cells, excluded = [], []
         caps = self.data["limits"]["max_n_samples"]
         unavailable = unavailable or {}
         axes = {**self.grid, "model": list(self.models)}
         for combo in itertools.product(*(axes[p] for p in PARAM_NAMES)):
             cell = Cell(*combo)
-            reason = unavailable.get((cell.model, cell.parametrization)) or self._exclusion(cell, caps)
+            reason = (unavailable.get((cell.model, cell.parametrization))
+                      or unavailable.get((cell.model, cell.proposal)) or self._exclusion(cell, caps))
             if reason:
                 excluded.append({"cell": cell.key, "reason": reason})
             else:
@@ -175,12 +187,21 @@ class Config:
             return "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
         if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
             return "float32 accumulation only differs from log_space below float32"
+        if cell.proposal == "encoder":
+            if estimator_spec(cell.estimator)["space"] == "outside":
+                return "an outside estimator draws its own z: the proposal axis applies to the built-in ones"
+            family, _ = model_facts(cell.model)
+            if family not in ("outside", *zoo.ENCODER_FAMILIES):
+                return (f"model {cell.model!r} has no encoder (zoo families with one: "
+                        f"{', '.join(f'{f}-kK' for f in zoo.ENCODER_FAMILIES)})")
         reason = None
-        for axis_value in (cell.dtype, cell.estimator, cell.precision):
-            if axis_value in caps and cell.n_samples > caps[axis_value]:
-                why = self.data["limits"]["reasons"].get(axis_value)
-                reason = (f"limits.max_n_samples.{axis_value} = {caps[axis_value]}"
-                          + (f": {why}" if why else ""))
+        levels = (cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.model)
+        # single levels in axis order, then combinations: the last cap that excludes names the reason
+        keys = [v for v in levels if v in caps] + [k for k in caps if CAP_JOIN in k]
+        for key in keys:
+            if set(key.split(CAP_JOIN)) <= set(levels) and cell.n_samples > caps[key]:
+                why = self.data["limits"]["reasons"].get(key)
+                reason = f"limits.max_n_samples.{key} = {caps[key]}" + (f": {why}" if why else "")
         return reason
 
     def to_dict(self) -> dict[str, Any]:
@@ -301,7 +322,7 @@ def _check_axes(data: dict, source: str) -> None:
 
     grid, run = data["grid"], data["run"]
     accepted = {"dtype": DTYPES, "parametrization": PARAMETRIZATIONS, "device": DEVICES,
-                "precision": PRECISIONS}
+                "precision": PRECISIONS, "proposal": PROPOSALS}
     for axis, options in accepted.items():
         for v in grid[axis]:
             if v not in options:
@@ -362,13 +383,15 @@ def _check_axes(data: dict, source: str) -> None:
     if run["reference"] not in ("auto", "quadrature", "importance"):
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
+    levels = (*DTYPES, *grid["estimator"], *PRECISIONS, *PROPOSALS, *labels)
     for key, cap in data["limits"]["max_n_samples"].items():
-        if (key not in DTYPES and key not in grid["estimator"] and key not in PRECISIONS
-                or not isinstance(cap, int) or cap <= 0):
+        if (not set(key.split(CAP_JOIN)) <= set(levels) or not isinstance(cap, int) or cap <= 0):
             raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
                               f"({', '.join(DTYPES)}), an estimator of the grid "
-                              f"({', '.join(grid['estimator'])}) "
-                              f"or a precision policy ({', '.join(PRECISIONS)}) mapped to a positive integer")
+                              f"({', '.join(grid['estimator'])}), a precision policy "
+                              f"({', '.join(PRECISIONS)}), a proposal ({', '.join(PROPOSALS)}) or a model of "
+                              f"the grid ({', '.join(labels)}), or several joined by {CAP_JOIN!r} (the cells "
+                              "at all of them), mapped to a positive integer")
     for key, why in data["limits"]["reasons"].items():
         if key not in data["limits"]["max_n_samples"] or not isinstance(why, str):
             capped = ", ".join(data["limits"]["max_n_samples"]) or "none"

@@ -14,7 +14,7 @@ import pandas as pd
 
 from lvm.numerics import DTYPES, dtype_facts
 
-from . import precision, theory
+from . import precision, proposal, theory
 from .analysis import Finding, order, pooled, throughput
 from .render import fmt_num, fmt_pct, fmt_rate, join, plural
 from .store import Run
@@ -250,8 +250,8 @@ def finding_k_bias(run: Run) -> Finding | None:
 
 FINDINGS: tuple[Callable[[Run], Finding | None], ...] = (
     finding_loglik, finding_prob_underflow, finding_log_underflow, finding_rounding, finding_acc32,
-    finding_slopes, finding_k_underflow, finding_k_bias, precision.finding, *theory.FINDINGS,
-    finding_nonfinite, finding_fastest, finding_peak)
+    finding_slopes, finding_k_underflow, finding_k_bias, precision.finding, proposal.finding,
+    *theory.FINDINGS, finding_nonfinite, finding_fastest, finding_peak)
 
 
 def findings(run: Run) -> list[Finding]:

@@ -28,7 +28,7 @@ RESCUED, PARTLY = "rescues", "does not rescue"
 
 
 def _measured(run: Run) -> pd.DataFrame:
-    cells = run.cells[run.cells["status"] == "ok"]
+    cells = Run.at_defaults(run.cells[run.cells["status"] == "ok"], "proposal")
     both = cells.groupby(["estimator", "dtype"])["precision"].transform("nunique") > 1
     return cells[both]
 

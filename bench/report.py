@@ -21,6 +21,7 @@ import pandas as pd
 from . import analysis as A
 from . import figures as F
 from . import precision as P
+from . import proposal as Q
 from . import render
 from . import theory as T
 from .analysis import shown
@@ -31,7 +32,7 @@ from .render import plural
 from .store import Run, RunError, atomic_write, load_run, write_text
 
 __all__ = ["FIGURE_STEMS", "build_figures", "write_report"]
-STEMS = (*FIGURE_STEMS, P.STEM, T.STEM)
+STEMS = (*FIGURE_STEMS, P.STEM, Q.STEM, T.STEM)
 
 
 def build_figures(run: Run) -> list[FigureSpec]:
@@ -43,7 +44,8 @@ def build_figures(run: Run) -> list[FigureSpec]:
             F.loglik_distribution(run.loglik, o, o.dtypes),
             F.throughput(A.throughput(run), o, run.meta.matmul_peak_gflops),
             F.underflow_heatmap(ok, o), F.k2_posterior(A.k2_panels(run))] + (
-                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else []) + [T.figure(run, o)]
+                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else []) + (
+                [Q.figure(run, o)] if (run.cells["proposal"] != "prior").any() else []) + [T.figure(run, o)]
 
 
 THEORY_HEADS = ("Underflow of probability space: predicted and measured (each model's largest N)",
@@ -87,6 +89,16 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
                     "report reads the cast cells; here both, for each estimator and dtype measured under "
                     "both. Machine-readable: tables/precision.csv."),
               ("table", P.display(versus))]
+    against = Q.table(run)
+    if not against.empty:
+        b += [("h2", "Proposal: the prior or the trained encoder"),
+              ("p", "With the prior as proposal the estimators average p(x|z_i) over z_i ~ N(0, I); with the "
+                    "encoder, the weights p(x|z_i) p(z_i) / q(z_i|x) over z_i ~ q(z|x) of the model's own "
+                    "trained encoder (the IWAE evaluation protocol). Every other table and figure of this "
+                    "report reads the prior cells; here both, for float64 log space and float32 probability "
+                    "space (biases the ground truth does not resolve are marked). Machine-readable, every "
+                    "estimator, dtype and N: tables/proposal.csv."),
+              ("table", Q.display(against))]
     if any(not t.empty for t in theory.values()):
         b += [("h2", "Theory against measurement"),
               ("p", "Each prediction is set beside what the run measured; how each is made and what it "
@@ -136,6 +148,11 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         (tab_dir / "precision.csv").unlink(missing_ok=True)
     else:
         atomic_write(tab_dir / "precision.csv", lambda f: versus.to_csv(f, index=False, float_format="%.6g"))
+    against = Q.table(run)
+    if against.empty:
+        (tab_dir / "proposal.csv").unlink(missing_ok=True)
+    else:
+        atomic_write(tab_dir / "proposal.csv", lambda f: against.to_csv(f, index=False, float_format="%.6g"))
     theory = {name: make(run) for name, (make, _) in T.TABLES.items()}
     for name, t in theory.items():
         if t.empty:

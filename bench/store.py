@@ -31,7 +31,7 @@ import pandas as pd
 from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a binary file
 from lvm.errors import InputError
 
-from .config import PARAM_NAMES, Cell, model_facts
+from .config import AXIS_DEFAULTS, PARAM_NAMES, Cell, model_facts
 from .metrics import NUMERIC, resolved
 
 FORMAT_VERSION = 1
@@ -307,7 +307,8 @@ def _numeric_cells(cells: pd.DataFrame) -> pd.DataFrame:
     for c in ("space", "reason"):
         if c not in cells:
             cells[c] = np.nan
-    cells["precision"] = cells["precision"].fillna("cast") if "precision" in cells else "cast"  # older runs
+    for axis, default in AXIS_DEFAULTS.items():  # runs from before the axis: every cell at its default
+        cells[axis] = cells[axis].fillna(default) if axis in cells else default
     if cells["truth_error"].isna().all():  # older runs: the largest digit error stands in for the mean
         cells["truth_error"] = cells["truth_se_max"]
         cells.update(pd.DataFrame(resolved(cells["bias"], cells["mc_bias"], cells["truth_error"]),
@@ -340,11 +341,20 @@ class Run:
 
     @property
     def ok(self) -> pd.DataFrame:
-        """The measured cells (status ok) of the cast policy: what the report's figures, tables
-        and findings read (:mod:`bench.precision` sets autocast cells beside them)."""
-        # a frame made by hand may lack the precision column: then every cell is cast
-        cast = self.cells["precision"] == "cast" if "precision" in self.cells else True
-        return self.cells[(self.cells["status"] == "ok") & cast]
+        """The measured cells (status ok) of the cast policy and the prior proposal: what the
+        report's figures, tables and findings read (:mod:`bench.precision` and
+        :mod:`bench.proposal` set the other levels beside them)."""
+        return self.at_defaults(self.cells[self.cells["status"] == "ok"], "precision", "proposal")
+
+    @staticmethod
+    def at_defaults(frame: pd.DataFrame, *axes: str) -> pd.DataFrame:
+        """The rows of ``frame`` at the first level of each of ``axes`` (cast, prior); a frame
+        made by hand may lack such a column: then every row is at that level."""
+        keep = np.ones(len(frame), dtype=bool)
+        for axis in axes:
+            if axis in frame:
+                keep &= (frame[axis] == AXIS_DEFAULTS[axis]).to_numpy()
+        return frame[keep]
 
     @cached_property
     def raw(self) -> pd.DataFrame | None:
@@ -355,8 +365,9 @@ class Run:
             raw = pd.read_csv(self.root / "raw.csv.gz")
         else:
             return None
-        if "precision" not in raw:  # a run from before the precision axis: every cell was cast
-            raw["precision"] = "cast"
+        for axis, default in AXIS_DEFAULTS.items():  # a run from before the axis: all at its default
+            if axis not in raw:
+                raw[axis] = default
         return raw
 
     @cached_property
@@ -420,7 +431,7 @@ def load_run(path: str | os.PathLike) -> Run:
         cells = pd.read_csv(path)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: cannot be read as a table ({e})") from e
-    lacking = [c for c in (*PARAM_NAMES, "status") if c not in cells and c != "precision"]
+    lacking = [c for c in (*PARAM_NAMES, "status") if c not in cells and c not in AXIS_DEFAULTS]
     if lacking:
         raise RunError(f"{path}: lacks the column(s) {', '.join(lacking)}; results format "
                        f"{version!r} is not one this lvm-bench reads (format {FORMAT_VERSION})")

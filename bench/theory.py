@@ -54,15 +54,16 @@ from .render import fmt_num, fmt_pct, join
 from .store import Run
 
 STEM, TITLE = "fig9_theory", "Theory against measurement"
-GROUP = ["model", "parametrization", "device", "estimator", "dtype", "n_samples"]
+GROUP = ["model", "parametrization", "device", "proposal", "estimator", "dtype", "n_samples"]
 LOW = ("float16", "bfloat16")  # where log_space and log_space_acc32 reduce differently
 
 
 def _cast_raw(run: Run) -> pd.DataFrame:
+    """The raw estimates of the cast policy, every proposal."""
     raw = run.raw
     if raw is None or raw.empty:
         return pd.DataFrame()
-    return raw[raw["precision"] == "cast"]
+    return Run.at_defaults(raw, "precision")
 
 
 def floor(dtype: str) -> float:
@@ -124,27 +125,29 @@ def lse_rounding(run: Run) -> pd.DataFrame:
 
 
 def delta_method(run: Run) -> pd.DataFrame:
-    """Per (model, parametrization, device, N): measured float64 log-space bias beside
+    """Per (model, parametrization, device, proposal, N): measured float64 log-space bias beside
     -Var(w) / (2 N E[w]^2), with standard errors."""
-    raw, ok = _cast_raw(run), run.ok
+    raw, ok = _cast_raw(run), Run.at_defaults(run.cells[run.cells["status"] == "ok"], "precision")
     if raw.empty or ok.empty:
         return pd.DataFrame()
     f64 = raw[(raw["estimator"] == "log_space") & (raw["dtype"] == "float64")]
     cells = ok[(ok["estimator"] == "log_space") & (ok["dtype"] == "float64")]
     rows = []
-    for (m, par, dev), g in f64.groupby(["model", "parametrization", "device"], sort=False):
+    for (m, par, dev, prop), g in f64.groupby(["model", "parametrization", "device", "proposal"],
+                                              sort=False):
         top = g[g["n_samples"] == g["n_samples"].max()]
         n_top = int(top["n_samples"].iloc[0])
         top = top.assign(c=n_top / top["ess"] - 1)
         per_repeat = top.groupby("repeat")["c"].mean()
         c = float(top.groupby("datapoint")["c"].mean().mean())
         c_se = float(per_repeat.std(ddof=1) / math.sqrt(len(per_repeat))) if len(per_repeat) > 1 else np.nan
-        sel = cells[(cells["model"] == m) & (cells["parametrization"] == par) & (cells["device"] == dev)]
+        sel = cells[(cells["model"] == m) & (cells["parametrization"] == par) & (cells["device"] == dev)
+                    & (cells["proposal"] == prop)]
         for _, cell in sel.sort_values("n_samples").iterrows():
             n = int(cell["n_samples"])
             pred, pred_se = -c / (2 * n), c_se / (2 * n)
             se = math.hypot(cell["mc_bias_se"], pred_se)
-            rows.append({"model": m, "parametrization": par, "device": dev, "n_samples": n,
+            rows.append({"model": m, "parametrization": par, "device": dev, "proposal": prop, "n_samples": n,
                          "ess": cell["ess"], "measured": cell["mc_bias"], "measured_se": cell["mc_bias_se"],
                          "resolved": cell["mc_bias_resolved"] == 1, "predicted": pred,
                          "predicted_se": pred_se, "weights_from_n": n_top,
@@ -166,6 +169,16 @@ def finding_underflow(run: Run) -> Finding | None:
             f"{nums['cells']} cells (largest miss: {miss['estimator']} at {miss['dtype']}, {miss['model']}, "
             f"N = {int(miss['n_samples']):,}: predicted {fmt_pct(miss['predicted'])}, measured "
             f"{fmt_pct(miss['measured'])})")
+    enc = t[t["proposal"] == "encoder"]
+    if not enc.empty:  # every term near p(x): the truth-based prediction is the one that applies
+        e_lo = (enc["predicted_if_terms_equal_px"] >= enc["ci_low"] - 1e-12)
+        e_hi = (enc["predicted_if_terms_equal_px"] <= enc["ci_high"] + 1e-12)
+        nums["encoder.cells"], nums["encoder.agree"] = len(enc), int((e_lo & e_hi).sum())
+        text += (f". With the trained encoder as proposal, the prediction from the ground truth alone (−∞ "
+                 f"where log p(x) lies below the dtype's floor) falls within the measured interval in "
+                 f"{nums['encoder.agree']} of {len(enc)} cells, and the one from the float64 estimate on "
+                 f"the same draws in {int(enc['agrees'].sum())}")
+        t = t[t["proposal"] == "prior"]
     big = t[t["n_samples"] == t["n_samples"].max()]
     parts = []
     for dt in ("float32", "bfloat16", "float16"):
@@ -269,10 +282,13 @@ def figure(run: Run, o: Order) -> K.FigureSpec:
     if "delta" in axes:
         ax = axes["delta"]
         pal = dict(zip(o.models, sns.color_palette("colorblind", len(o.models)), strict=False))
-        for m, g in d[d["parametrization"] == o.parametrization].groupby("model"):
+        for (m, prop), g in d[d["parametrization"] == o.parametrization].groupby(["model", "proposal"]):
             c = pal.get(m, "k")
-            ax.plot(g["n_samples"], g["measured"].abs(), color=c, lw=1.1, label=m)
+            label = m if prop == "prior" else f"{m}, {prop}"
+            ax.plot(g["n_samples"], g["measured"].abs(), color=c, lw=1.1, label=label,
+                    alpha=1.0 if prop == "prior" else 0.55)
             ax.scatter(g["n_samples"], g["measured"].abs(), s=14, color=c,
+                       marker="o" if prop == "prior" else "s",
                        facecolors=[c if ok else "none" for ok in g["resolved"]], zorder=3)
             ax.plot(g["n_samples"], g["predicted"].abs(), color=c, ls="--", lw=1.0)
         ax.set(xscale="log", yscale="log", xlabel=K.N_LABEL, ylabel="|bias|, nats",
@@ -290,14 +306,24 @@ def display_underflow(t: pd.DataFrame) -> pd.DataFrame:
     """The underflow table at each model's largest N (all N are in tables/theory_underflow.csv)."""
     if t.empty:
         return t
-    t = t[t["n_samples"] == t.groupby("model")["n_samples"].transform("max")]
-    return pd.DataFrame({
+    t = t[t["n_samples"] == t.groupby(["model", "proposal"])["n_samples"].transform("max")]
+    return _with_proposal(t, {
         "model": t["model"], "parametrization": t["parametrization"], "estimator": t["estimator"],
         "dtype": t["dtype"], "N": t["n_samples"].map(lambda n: f"{n:,}"),
         "measured [95% CI]": [f"{fmt_pct(m)} [{fmt_pct(a)}, {fmt_pct(b)}]"
                               for m, a, b in zip(t["measured"], t["ci_low"], t["ci_high"], strict=True)],
         "predicted": t["predicted"].map(fmt_pct),
         "if every term were p(x)": t["predicted_if_terms_equal_px"].map(fmt_pct)})
+
+
+def _with_proposal(t: pd.DataFrame, columns: dict) -> pd.DataFrame:
+    """A display table, with a proposal column after the model's where a proposal other than the
+    prior was measured."""
+    if (t["proposal"] != "prior").any():
+        at = list(columns).index("model") + 1
+        items = list(columns.items())
+        columns = dict(items[:at] + [("proposal", t["proposal"])] + items[at:])
+    return pd.DataFrame(columns)
 
 
 def display_lse(t: pd.DataFrame) -> pd.DataFrame:
@@ -314,7 +340,7 @@ def display_lse(t: pd.DataFrame) -> pd.DataFrame:
 def display_delta(t: pd.DataFrame) -> pd.DataFrame:
     if t.empty:
         return t
-    return pd.DataFrame({
+    return _with_proposal(t, {
         "model": t["model"], "parametrization": t["parametrization"],
         "N": t["n_samples"].map(lambda n: f"{n:,}"), "ESS": t["ess"].map(fmt_num),
         "measured bias (nats)": [f"{fmt_num(m)} ± {fmt_num(s)}" + ("" if ok else " (unresolved)")

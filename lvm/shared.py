@@ -25,9 +25,11 @@ import torch
 from .errors import InputError
 from .estimators import (
     CHUNK,
+    PROPOSAL_CHUNK,
     Draws,
     Estimate,
     _LogSum,
+    _prob_terms,
     _ProbSum,
     _product_chunk,
     _validate,
@@ -40,6 +42,7 @@ from .runtime import check_device
 
 SPACES = ("log", "prob", "outside")  # outside: {"space": "outside", "path": "package.module:function"}
 PRECISIONS = ("cast", "autocast")
+PROPOSALS = ("prior", "encoder")  # z ~ p(z), or z ~ q(z|x) from the model's trained encoder
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -78,24 +81,45 @@ def _labelled(est: Estimate, precision: str, dtype) -> Estimate:
                                meta={**est.meta, "precision": precision})
 
 
-def estimate(model, x, n, spec: Mapping, *, precision: str = "cast", **kw) -> Estimate:
+def draws_from(model, x, proposal: str):
+    """The proposal object the estimators draw from: None for the prior, else the model's
+    encoder q(z|x) (``model.proposal(x)``), made once per call on the CPU in float64."""
+    if proposal not in PROPOSALS:
+        raise InputError(f"proposal={proposal!r}; accepted: {', '.join(PROPOSALS)}")
+    if proposal == "prior":
+        return None
+    if not callable(getattr(model, "proposal", None)):
+        raise InputError(f"proposal='encoder' needs a model with an encoder (proposal(x)); "
+                         f"this {type(model).__name__} has none; accepted: proposal='prior', or a zoo "
+                         "model trained with an encoder (vae-kK, iwae-kK)")
+    return model.proposal(torch.as_tensor(x).cpu())
+
+
+def estimate(model, x, n, spec: Mapping, *, precision: str = "cast", proposal: str = "prior",
+             **kw) -> Estimate:
     """One estimator by its spec, on its own, as a user calls it: what :func:`evaluate`
     reproduces. ``kw``: the estimator's keywords (dtype, device, seed, ...); ``precision``:
-    "cast" or "autocast" (:func:`policy`)."""
+    "cast" or "autocast" (:func:`policy`); ``proposal``: "prior" or "encoder" (:func:`draws_from`)."""
     _check_spec("spec", spec)
     if precision != "cast" and spec["space"] != "outside" and hasattr(model, "with_output"):
         # the reductions in the dtype autocast leaves the terms in: evaluate's path, one spec
-        return evaluate(model, x, n, estimators={"_": spec}, precision=precision, **kw)[("_", model.output)]
+        return evaluate(model, x, n, estimators={"_": spec}, precision=precision, proposal=proposal,
+                        **kw)[("_", model.output)]
     work, context = policy(precision, kw["dtype"], kw.get("device", "cpu"))
     with context:
-        return _labelled(_estimate(model, x, n, spec, **{**kw, "dtype": work}), precision, kw["dtype"])
+        est = _estimate(model, x, n, spec, proposal=proposal, **{**kw, "dtype": work})
+    return _labelled(est, precision, kw["dtype"])
 
 
-def _estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
+def _estimate(model, x, n, spec: Mapping, *, proposal: str, **kw) -> Estimate:
     if spec["space"] == "outside":
         from .sources import load_estimator, run_estimator
 
+        if proposal != "prior":
+            raise InputError(f"proposal={proposal!r} with an outside estimator ({spec['path']}): it draws "
+                             "its own z; accepted: proposal='prior'")
         return run_estimator(load_estimator(spec["path"]), spec["path"], model, x, n, **kw)
+    kw["proposal"] = draws_from(model, x, proposal)
     if spec["space"] == "prob":
         return prob_space(model, x, n, form=_form(spec), **kw)
     return log_space(model, x, n, accumulate_dtype=spec.get("accumulate"), **kw)
@@ -105,7 +129,7 @@ def _estimate(model, x, n, spec: Mapping, **kw) -> Estimate:
 def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype,
              estimators: Mapping[str, Mapping], outputs: tuple[str, ...] | None = None,
              device: str | torch.device = "cpu", seed: int = 0,
-             precision: str = "cast") -> dict[tuple[str, str], Estimate]:
+             precision: str = "cast", proposal: str = "prior") -> dict[tuple[str, str], Estimate]:
     """Every estimator in ``estimators`` for every likelihood parametrization in ``outputs``.
 
     ``estimators`` maps a name to a spec: ``{"space": "log", "accumulate": None | dtype}``,
@@ -116,7 +140,9 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     ``prob_space`` on ``model.with_output(output)`` with the same seed. A model without
     ``with_output`` (not a BernoulliLVM) is evaluated estimator by estimator. ``precision``:
     "cast" or "autocast" (:func:`policy`); under autocast each reduction runs in the dtype the
-    terms arrive in, as it would in a user's code under ``torch.autocast``.
+    terms arrive in, as it would in a user's code under ``torch.autocast``. ``proposal``: "prior"
+    or "encoder" (:func:`draws_from`); with the encoder each digit has its own draws, so the
+    decoder runs per digit and per parametrization, as the estimators called alone run it.
     """
     for name, spec in estimators.items():
         _check_spec(f"estimators[{name!r}]", spec)
@@ -128,7 +154,7 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
             raise InputError(f"outputs={outputs!r}: this model has no other parametrization; "
                              f"accepted: ({own!r},)")
         return {(name, own): estimate(model, x, n_samples, spec, dtype=dtype, device=device, seed=seed,
-                                      precision=precision)
+                                      precision=precision, proposal=proposal)
                 for name, spec in estimators.items()}
     for o in outputs:
         model.with_output(o)  # an InputError here names an output the model cannot give
@@ -136,18 +162,42 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     if outside:  # an outside estimator runs the model itself: nothing to share
         rest = {name: spec for name, spec in estimators.items() if name not in outside}
         out = evaluate(model, x, n_samples, dtype=dtype, estimators=rest, outputs=outputs, device=device,
-                       seed=seed, precision=precision) if rest else {}
+                       seed=seed, precision=precision, proposal=proposal) if rest else {}
         return out | {(name, o): estimate(model.with_output(o), x, n_samples, spec, dtype=dtype,
-                                          device=device, seed=seed, precision=precision)
+                                          device=device, seed=seed, precision=precision, proposal=proposal)
                       for name, spec in outside.items() for o in outputs}
+    prop = draws_from(model, x, proposal)
     with context:
         out = _shared(model, x, n_samples, work, estimators, outputs, device, seed,
-                      as_given=precision != "cast")
+                      as_given=precision != "cast", proposal=prop)
     return {k: _labelled(e, precision, dtype) for k, e in out.items()}
 
 
-def _shared(model, x, n_samples, dtype, estimators, outputs, device, seed, *, as_given: bool):
-    """The shared pass in ``dtype``; ``as_given``: reductions in the dtype the terms arrive in."""
+def _log_chunks(model, x, n, seed, dt, dev, outputs, proposal):
+    """Per chunk of draws, {output: log terms [B, c]} as the estimators compute them, one decoder
+    pass serving every output (probs = sigmoid of the logits network): over the chunk's prior
+    draws, or, with a proposal, over each digit's own draws (as :func:`lvm.estimators._log_terms`
+    runs it: one digit at a time, its correction log p(z) - log q(z|x) added in the dtype)."""
+    net, xd = model.with_output("logits"), x.to(dtype=dt)
+
+    def terms(xb, zb):
+        logits = net.decode(zb.to(dev), dt)
+        return {o: bernoulli_log_likelihood(xb, logits if o == "logits" else torch.sigmoid(logits), o)
+                for o in outputs}
+
+    if proposal is None:
+        for z, _ in Draws(model, n, seed).chunks(CHUNK):
+            yield terms(xd, z)
+        return
+    for z, corr in Draws(model, n, seed, proposal).chunks(PROPOSAL_CHUNK):
+        rows = [terms(xd[b:b + 1], z[b]) for b in range(len(x))]
+        c = corr.to(device=dev, dtype=dt)
+        yield {o: torch.stack([r[o][0] for r in rows]) + c for o in outputs}
+
+
+def _shared(model, x, n_samples, dtype, estimators, outputs, device, seed, *, as_given: bool, proposal=None):
+    """The shared pass in ``dtype``; ``as_given``: reductions in the dtype the terms arrive in;
+    ``proposal``: None (the prior) or what :func:`draws_from` made."""
     net = model.with_output("logits")  # the network up to its output
     x, n, dt, dev = _validate(model, x, n_samples, dtype, device, None)
     B = len(x)
@@ -163,11 +213,9 @@ def _shared(model, x, n_samples, dtype, estimators, outputs, device, seed, *, as
             elif _form(spec) == "exp":
                 sums[name] = _ProbSum(B, dt, dev, "exp", as_given=as_given)
     if any(streamed.values()):
-        xd = x.to(dtype=dt)
-        for z, _ in Draws(model, n, seed).chunks(CHUNK):
-            logits = net.decode(z.to(dev), dt)
+        for lls in _log_chunks(model, x, n, seed, dt, dev, tuple(streamed), proposal):
             for o, sums in streamed.items():
-                ll = bernoulli_log_likelihood(xd, logits if o == "logits" else torch.sigmoid(logits), o)
+                ll = lls[o]
                 terms = None  # exp(ll), made once for the probability-space sums of this output
                 for acc in sums.values():
                     if isinstance(acc, _LogSum):
@@ -179,8 +227,8 @@ def _shared(model, x, n_samples, dtype, estimators, outputs, device, seed, *, as
     products = [name for name, spec in estimators.items() if _form(spec) == "product"]
     if products:
         acc = _ProbSum(B, dt, dev, "product", as_given=as_given)
-        for z, _ in Draws(model, n, seed).chunks(_product_chunk(B, x.shape[1])):
-            acc.add(net.pixel_probs(x, z.to(dev), dt).prod(-1))
+        for z, corr in Draws(model, n, seed, proposal).chunks(_product_chunk(B, x.shape[1])):
+            acc.add(_prob_terms(net, x, z, corr, dt, dev, "product"))
         est = acc.result(n, seed)
         out |= {(name, o): est for name in products for o in outputs}
     return out

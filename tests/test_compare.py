@@ -292,7 +292,8 @@ def test_rounding_error_not_judged_without_raw_rows(runs, tmp_path):
 
 
 def test_markdown_fits_a_pull_request_comment():
-    cells = [dict(zip(PARAM_NAMES, ("log_space", "float32", n, "untrained-k2", "logits", "cpu", "cast"),
+    cells = [dict(zip(PARAM_NAMES,
+                      ("log_space", "float32", n, "untrained-k2", "logits", "cpu", "cast", "prior"),
                       strict=True))
              for n in range(1, 3001)]
     rows = [Change(c, "bias", -0.1, 0.9, 1.0, REGRESSION, "|change| > 4 x SE 0.01", 0.01) for c in cells]
@@ -306,7 +307,7 @@ def test_markdown_fits_a_pull_request_comment():
 
 # ------------------------------------------------------------------ the rules, one by one
 
-CELL = dict(zip(PARAM_NAMES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu", "cast"),
+CELL = dict(zip(PARAM_NAMES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu", "cast", "prior"),
                 strict=True))
 BASE = {"underflow_rate": 0.0, "underflow_ci_low": 0.0, "underflow_ci_high": 0.1379, "nonfinite_rate": 0.0,
         "bias": -0.05, "bias_se": 0.01, "rounding_error_mean": 0.0, "terms_per_s": 1e5}
