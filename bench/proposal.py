@@ -10,6 +10,7 @@ estimator, dtype, N): a table, a finding and a figure.
 
 from __future__ import annotations
 
+import matplotlib as mpl
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -135,7 +136,9 @@ def figure(run: Run, o: Order) -> K.FigureSpec:
     axes["ess"].set(xscale="log", yscale="log", ylabel="ESS", title="effective sample size")
     axes["bias"].set(xscale="log", yscale="log", ylabel="|bias|, nats", title="|bias| vs truth")
     axes["variance"].set(xscale="log", yscale="log", ylabel="nats²", title="variance over repeats")
-    fig.supxlabel(K.N_LABEL, fontsize=9)
+    axes["ess"].yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
+    axes["ess"].yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    fig.supxlabel("N, draws per estimate (log scale)", fontsize=9)
     handles = [Line2D([], [], color=pal[m], lw=1.5, label=m) for m in models] + [
         Line2D([], [], color="0.3", ls=ls, label=p) for p, ls in dashes.items()]
     K.legend(fig, handles, ncols=len(handles))

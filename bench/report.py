@@ -44,8 +44,8 @@ def build_figures(run: Run) -> list[FigureSpec]:
             F.loglik_distribution(run.loglik, o, o.dtypes),
             F.throughput(A.throughput(run), o, run.meta.matmul_peak_gflops),
             F.underflow_heatmap(ok, o), F.k2_posterior(A.k2_panels(run))] + (
-                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else []) + (
-                [Q.figure(run, o)] if (run.cells["proposal"] != "prior").any() else []) + [T.figure(run, o)]
+                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else []) + [
+                T.figure(run, o)] + ([Q.figure(run, o)] if (run.cells["proposal"] != "prior").any() else [])
 
 
 THEORY_HEADS = ("Underflow of probability space: predicted and measured (each model's largest N)",
