@@ -36,6 +36,25 @@ def _torch_threads():
         yield
 
 
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """Never write into the home cache (a cache of this test's own); one torch thread."""
+    monkeypatch.setenv("LVM_CACHE_DIR", str(tmp_path / "cache"))
+    with set_torch_threads(1):
+        yield
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Training a model is an error here: the model must come from a checkpoint or the cache."""
+    from lvm import train
+
+    def boom(*a, **k):
+        raise AssertionError("training was called")
+
+    monkeypatch.setattr(train, "train", boom)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> str:
     """One model and ground-truth cache for every sweep the tests run."""

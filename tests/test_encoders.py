@@ -20,7 +20,6 @@ from lvm.encoder import (
     log_weights,
 )
 from lvm.errors import InputError
-from lvm.runtime import set_torch_threads
 
 F64 = torch.float64
 ENCODED = ("vae-k2", "iwae-k2")
@@ -38,20 +37,7 @@ TINY = dict(hidden=16, layers=1, steps=5, batch_size=32, lr=1e-2, encoder_hidden
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Never write into the home cache; one torch thread."""
-    monkeypatch.setenv("LVM_CACHE_DIR", str(tmp_path / "cache"))
-    with set_torch_threads(1):
-        yield
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("training was called")
-
-    monkeypatch.setattr(train, "train", boom)
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 @pytest.fixture(scope="module")

@@ -10,25 +10,11 @@ import torch
 import lvm
 from lvm import checkpoint, train, zoo
 from lvm.model import build
-from lvm.runtime import set_torch_threads
 
 TINY = dict(hidden=16, layers=1, steps=5, batch_size=32, n_samples=8, lr=1e-2)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Never write into the home cache; one torch thread."""
-    monkeypatch.setenv("LVM_CACHE_DIR", str(tmp_path / "cache"))
-    with set_torch_threads(1):
-        yield
-
-
-@pytest.fixture
-def no_training(monkeypatch):
-    def boom(*a, **k):
-        raise AssertionError("training was called")
-
-    monkeypatch.setattr(train, "train", boom)
+pytestmark = pytest.mark.usefixtures("isolated_cache")
 
 
 def _data(n=256, seed=0):
