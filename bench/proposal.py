@@ -66,7 +66,10 @@ def display(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": t["model"], "estimator": t["estimator"], "dtype": t["dtype"],
         "N": t["n_samples"].map(lambda n: f"{n:,}"),
-        "ESS, prior / encoder": pair("ess", fmt_num),
+        # the ESS of float64 weights: a probability-space row's own (from its dtype's terms, where
+        # underflowed terms weigh 0) says how many survived, not how the proposal spreads them
+        "ESS, prior / encoder": [p if e == "log_space" else "" for p, e in
+                                 zip(pair("ess", fmt_num), t["estimator"], strict=True)],
         "bias (nats), prior / encoder": pair("bias", lambda b: "unresolved" if np.isnan(b) else fmt_num(b)),
         "variance, prior / encoder": pair("variance", fmt_num),
         "underflow, prior / encoder": pair("underflow_rate", fmt_pct)})
@@ -136,8 +139,10 @@ def figure(run: Run, o: Order) -> K.FigureSpec:
     axes["ess"].set(xscale="log", yscale="log", ylabel="ESS", title="effective sample size")
     axes["bias"].set(xscale="log", yscale="log", ylabel="|bias|, nats", title="|bias| vs truth")
     axes["variance"].set(xscale="log", yscale="log", ylabel="nats²", title="variance over repeats")
-    axes["ess"].yaxis.set_major_formatter(mpl.ticker.ScalarFormatter())
-    axes["ess"].yaxis.set_minor_formatter(mpl.ticker.NullFormatter())
+    ess_axis = axes["ess"].yaxis  # ESS spans 1 to N: plain numbers at 1, 2, 5, 10, ...
+    ess_axis.set_major_locator(mpl.ticker.LogLocator(base=10, subs=(1, 2, 5)))
+    ess_axis.set_major_formatter(mpl.ticker.FormatStrFormatter("%g"))
+    ess_axis.set_minor_formatter(mpl.ticker.NullFormatter())
     fig.supxlabel("N, draws per estimate (log scale)", fontsize=9)
     handles = [Line2D([], [], color=pal[m], lw=1.5, label=m) for m in models] + [
         Line2D([], [], color="0.3", ls=ls, label=p) for p, ls in dashes.items()]
