@@ -142,7 +142,8 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     "cast" or "autocast" (:func:`policy`); under autocast each reduction runs in the dtype the
     terms arrive in, as it would in a user's code under ``torch.autocast``. ``proposal``: "prior"
     or "encoder" (:func:`draws_from`); with the encoder each digit has its own draws, so the
-    decoder runs per digit and per parametrization, as the estimators called alone run it.
+    decoder runs per digit (one pass serving every parametrization), as the estimators called
+    alone run it.
     """
     for name, spec in estimators.items():
         _check_spec(f"estimators[{name!r}]", spec)
