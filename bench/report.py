@@ -48,15 +48,23 @@ def build_figures(run: Run) -> list[FigureSpec]:
                 T.figure(run, o)] + ([Q.figure(run, o)] if (run.cells["proposal"] != "prior").any() else [])
 
 
+def side_tables(run: Run) -> dict[str, pd.DataFrame]:
+    """The tables beside the summary, by CSV name, each computed once: cast against autocast,
+    prior against encoder, and theory against measurement (empty where the run has no such cells)."""
+    return {"precision": P.table(run), "proposal": Q.table(run),
+            **{name: make(run) for name, (make, _) in T.TABLES.items()}}
+
+
 THEORY_HEADS = ("Underflow of probability space: predicted and measured (each model's largest N)",
                 "Rounding of the log-sum-exp reduction against its forward error bound",
                 "Float64 log-space bias against the delta method")
 
 
 def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[FigureSpec],
-            theory: dict[str, pd.DataFrame]) -> list[tuple]:
-    """The report as render.page's blocks. ``run.problems`` is complete only once the figures
-    and findings have read the run's files, so this comes last."""
+            tables: dict[str, pd.DataFrame]) -> list[tuple]:
+    """The report as render.page's blocks, from the side tables :func:`side_tables` made.
+    ``run.problems`` is complete only once the figures and findings have read the run's files,
+    so this comes last."""
     meta, ok, cells = run.meta, run.ok, run.cells
     counts = cells["status"].value_counts()
     b: list[tuple] = [("h1", f"lvm-bench report: {meta.run.get('name', run.root.name)}")]
@@ -80,7 +88,8 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
                        "Throughput: median over models of terms p(x_b|z_i) per second at the largest N. "
                        "Machine-readable: tables/summary.csv."))
         b.append(("table", A.summary_display(summary)))
-    versus = P.table(run)
+    versus, against = tables["precision"], tables["proposal"]
+    theory = {name: tables[name] for name in T.TABLES}
     if not versus.empty:
         b += [("h2", "Precision policy: cast or autocast"),
               ("p", "Cast runs the model and every reduction in the dtype; autocast keeps the float32 model "
@@ -89,7 +98,6 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
                     "report reads the cast cells; here both, for each estimator and dtype measured under "
                     "both. Machine-readable: tables/precision.csv."),
               ("table", P.display(versus))]
-    against = Q.table(run)
     if not against.empty:
         b += [("h2", "Proposal: the prior or the trained encoder"),
               ("p", "With the prior as proposal the estimators average p(x|z_i) over z_i ~ N(0, I); with the "
@@ -143,18 +151,8 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     found = findings(run)
     summary = A.summary_table(run)
     atomic_write(tab_dir / "summary.csv", lambda f: summary.to_csv(f, index=False, float_format="%.6g"))
-    versus = P.table(run)
-    if versus.empty:
-        (tab_dir / "precision.csv").unlink(missing_ok=True)
-    else:
-        atomic_write(tab_dir / "precision.csv", lambda f: versus.to_csv(f, index=False, float_format="%.6g"))
-    against = Q.table(run)
-    if against.empty:
-        (tab_dir / "proposal.csv").unlink(missing_ok=True)
-    else:
-        atomic_write(tab_dir / "proposal.csv", lambda f: against.to_csv(f, index=False, float_format="%.6g"))
-    theory = {name: make(run) for name, (make, _) in T.TABLES.items()}
-    for name, t in theory.items():
+    tables = side_tables(run)
+    for name, t in tables.items():  # one CSV per table; a table this run cannot fill is removed
         if t.empty:
             (tab_dir / f"{name}.csv").unlink(missing_ok=True)
         else:
@@ -164,7 +162,7 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
     numeric = [c for c in disp.columns if c not in render.TEXT_COLUMNS]
     write_text(tab_dir / "summary.md", render.table(disp, "markdown", numeric=numeric) + "\n"
                if not disp.empty else "No measured cell.\n")
-    md, page = render.page(_blocks(run, found, summary, specs, theory), fig_dir, DPI)
+    md, page = render.page(_blocks(run, found, summary, specs, tables), fig_dir, DPI)
     write_text(out / "report.md", md)
     write_text(out / "report.html", page)
     return out / "report.html"
