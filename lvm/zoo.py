@@ -32,7 +32,7 @@ shared by the whole minibatch each step (the logits matmul fast path) instead
 of drawn per datapoint; every deviation from the series is listed in the
 checkpoint's JSON (``deviations_from_textbook``). The encoder families:
 ``ENCODER_RECIPE_DEFAULTS`` (1,000 steps: more overfit the 4,000 digits, the
-test-split bounds get worse) and k from ``ENCODER_K``; their
+test-split bounds get worse) and k from ``lvm.train.DEFAULT_K``; their
 metadata records the test split's ELBO and IWAE bounds (``test_bounds``, see
 :func:`lvm.encoder.evaluate_bounds`).
 
@@ -98,7 +98,6 @@ RECIPE_DEFAULTS: dict[str, Any] = {"steps": 1000, "batch_size": 256, "n_samples"
 # The encoder families: RECIPE_DEFAULTS without the prior-sampling fields, then these two.
 ENCODER = {"encoder_hidden": 256, "encoder_layers": 2}
 ENCODER_RECIPE_DEFAULTS: dict[str, Any] = {"steps": 1000}
-ENCODER_K = {"vae": 1, "iwae": 5}  # draws of q(z|x) per datapoint and step
 
 _NAME_RE = re.compile(r"^(?P<family>[a-z][a-z-]*?)-k(?P<k>\d+)$")
 
@@ -166,7 +165,7 @@ def recipe(name: str) -> _train.Recipe:
     if spec.has_encoder:
         base = {k: v for k, v in RECIPE_DEFAULTS.items() if k not in _train.PRIOR_FIELDS}
         return _train.Recipe(objective=spec.family, latent_dim=spec.latent_dim, **BIG,
-                             **{**base, **ENCODER_RECIPE_DEFAULTS, **ENCODER}, k=ENCODER_K[spec.family])
+                             **{**base, **ENCODER_RECIPE_DEFAULTS, **ENCODER})  # k: train.DEFAULT_K
     return _train.Recipe(objective=spec.family, latent_dim=spec.latent_dim, **BIG, **RECIPE_DEFAULTS)
 
 
