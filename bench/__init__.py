@@ -10,16 +10,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "Cell": "config", "Config": "config", "ConfigError": "config", "load_config": "config",
-    "Run": "store", "RunError": "store", "RunStore": "store", "load_run": "store",
-    "METRICS": "metrics", "Metric": "metrics",
-    "run_group": "cell", "run": "sweep",
-    "compare_runs": "compare", "write_report": "report",
+    "Cell": "run.config", "Config": "run.config", "ConfigError": "run.config", "load_config": "run.config",
+    "Run": "run.store", "RunError": "run.store", "RunStore": "run.store", "load_run": "run.store",
+    "METRICS": "run.metrics", "Metric": "run.metrics",
+    "run_group": "run.cell", "run_sweep": "run.sweep",
+    "compare_runs": "compare", "write_report": "report.page",
 }
 __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+        return getattr(module, "run" if name == "run_sweep" else name)
     raise AttributeError(f"module 'bench' has no attribute {name!r}")

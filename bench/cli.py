@@ -20,8 +20,8 @@ def _terminated(signum, frame):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import Cell, load_config
-    from .sweep import run
+    from bench.run.config import Cell, load_config
+    from bench.run.sweep import run
 
     overrides = list(args.set or [])
     for axis in AXIS_FLAGS:
@@ -37,7 +37,7 @@ def _run(args: argparse.Namespace) -> int:
     cells, excluded = config.cells()
     print(f"lvm-bench run: {len(cells)} cells ({len(excluded)} excluded, reasons in meta.json) -> {out}",
           file=sys.stderr)
-    from .executors import make_executor
+    from bench.run.executors import make_executor
 
     executor = make_executor(args.executor, args.scheduler, args.workers)
     previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a run as Ctrl-C does
@@ -54,7 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok - len(failed)} skipped, "
           f"{len(failed)} failed", file=sys.stderr)
     if args.report:
-        from .report import write_report
+        from bench.report.page import write_report
 
         path = write_report(out)
         print(f"wrote {path}", file=sys.stderr)
@@ -78,7 +78,7 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from bench.report.page import write_report
 
     path = write_report(args.run, out=args.out)
     print(f"wrote {path}", file=sys.stderr)
@@ -86,7 +86,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import main as compare_main
+    from bench.compare import main as compare_main
 
     return compare_main(args)
 
@@ -94,11 +94,10 @@ def _compare(args: argparse.Namespace) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     import json
 
+    from bench.diagnose import diagnose
+    from bench.run.config import ESTIMATORS
     from lvm.numerics import DTYPES
     from lvm.shared import PRECISIONS
-
-    from .config import ESTIMATORS
-    from .diagnose import diagnose
 
     def listed(value, default):
         return [v.strip() for v in value.split(",") if v.strip()] if value else list(default)

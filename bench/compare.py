@@ -1,8 +1,8 @@
 """`lvm-bench compare BASELINE NEW`: what changed between two runs, and whether it matters.
 
-Cells are matched on their axes (:class:`bench.config.Cell`); only cells measured
+Cells are matched on their axes (:class:`bench.run.config.Cell`); only cells measured
 (status "ok") in both runs are compared. Which metrics are judged, and by which rule, is
-declared once in the metric registry (:data:`bench.metrics.METRICS`); the rules are here:
+declared once in the metric registry (:data:`bench.run.metrics.METRICS`); the rules are here:
 
 ``wilson`` (underflow_rate)
     regression when the new rate lies above the baseline's 95% Wilson interval
@@ -21,7 +21,7 @@ declared once in the metric registry (:data:`bench.metrics.METRICS`); the rules 
     ``new / baseline > throughput_factor``; judged only when both runs' meta.json report the
     same hardware identity (CPU model, cores, threads, torch's CPU capability, the
     low-precision ISA flags, GPUs, and matmul ceilings within a tolerance:
-    :func:`bench.environment.identity_mismatches`, whose reasons the notes list when they
+    :func:`bench.run.environment.identity_mismatches`, whose reasons the notes list when they
     differ) and executor, and only for cells whose median timed run takes at least
     ``min_time`` (shorter ones are scheduler noise).
 
@@ -30,8 +30,8 @@ A cell measured in the baseline that *failed* or is absent in the new run is a r
 in the new run; cells measured in one run only are listed, never dropped. A run that is not
 finished, lacks a judged metric column or has rows without cell coordinates cannot be judged
 (exit 2). Exit code: 0 nothing regressed, 1 a regression, 2 bad input (:class:`CompareError`
-or :class:`bench.store.RunError`).
-Rendering is :func:`bench.render.comparison`.
+or :class:`bench.run.store.RunError`).
+Rendering is :func:`bench.report.render.comparison`.
 """
 
 from __future__ import annotations
@@ -45,14 +45,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.report import render
+from bench.run.config import PARAM_NAMES, Cell
+from bench.run.environment import identity_mismatches
+from bench.run.metrics import JUDGED, METRICS, Metric, RawStats, raw_stats
+from bench.run.store import Run, load_run
 from lvm.errors import InputError
 from lvm.numerics import dtype_facts
-
-from . import render
-from .config import PARAM_NAMES, Cell
-from .environment import identity_mismatches
-from .metrics import JUDGED, METRICS, Metric, RawStats, raw_stats
-from .store import Run, load_run
 
 MIN_TIME = 0.01  # s: cells timed faster than this are dominated by scheduler noise, not judged
 REGRESSION, IMPROVEMENT, OK, NOT_JUDGED = "regression", "improvement", "ok", "not judged"
@@ -144,7 +143,7 @@ class Comparison:
                 ("timings", f"{timing} ({where})")]
 
     def render(self, fmt: str = "table") -> str:
-        """The report as ``"table"``, ``"markdown"`` or ``"json"`` (see :func:`bench.render.comparison`)."""
+        """The report as ``"table"``, ``"markdown"`` or ``"json"`` (see ``render.comparison``)."""
         return render.comparison(self, fmt)
 
 

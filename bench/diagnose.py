@@ -28,6 +28,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from bench.report.render import fmt_num, fmt_pct, table
+from bench.run.config import ESTIMATORS, estimator_spec
+from bench.run.environment import cpu_capability
 from lvm import sources
 from lvm.errors import InputError, check_int
 from lvm.estimators import CHUNK, Draws
@@ -35,10 +38,6 @@ from lvm.numerics import DTYPES, dtype_facts
 from lvm.reference import log_marginal
 from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 from lvm.shared import AUTOCAST_DTYPES, PRECISIONS, estimate, evaluate
-
-from .config import ESTIMATORS, estimator_spec
-from .environment import cpu_capability
-from .render import fmt_num, fmt_pct, table
 
 DEFAULT_N = 1000
 TIME_TIE = 1.1  # settings within 10% of the fastest count as equally fast

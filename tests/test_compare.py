@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from tiny import tiny_toml
 
-import bench.cell
+import bench.run.cell
 from bench.cli import main
 from bench.compare import (
     IMPROVEMENT,
@@ -26,8 +26,8 @@ from bench.compare import (
     compare_runs,
     judge_cell,
 )
-from bench.config import PARAM_NAMES, Cell
-from bench.metrics import RawStats
+from bench.run.config import PARAM_NAMES, Cell
+from bench.run.metrics import RawStats
 
 OFFSET = 1.0  # nats the degraded estimator adds to every log-space estimate
 
@@ -48,7 +48,7 @@ def runs(tmp_path_factory, cache_dir) -> dict[str, Path]:
     cfg.write_text(TINY)
     args = ["run", "--config", str(cfg), "--cache-dir", cache_dir, "--no-progress"]
     assert main([*args, "--out", str(d / "base")]) == 0
-    real = bench.cell._tables
+    real = bench.run.cell._tables
 
     def degraded(cell, ests, replay, truth, timing):  # the estimates shift, their float64 replays do not
         if cell.estimator == "log_space":
@@ -56,7 +56,7 @@ def runs(tmp_path_factory, cache_dir) -> dict[str, Path]:
         return real(cell, ests, replay, truth, timing)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bench.cell, "_tables", degraded)
+        mp.setattr(bench.run.cell, "_tables", degraded)
         assert main([*args, "--out", str(d / "degraded")]) == 0
     return {"base": d / "base", "degraded": d / "degraded"}
 

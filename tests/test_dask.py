@@ -14,10 +14,10 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 
 from tiny import tiny_toml  # noqa: E402
 
-from bench.config import load_config  # noqa: E402
-from bench.executors import DaskExecutor  # noqa: E402
-from bench.metrics import TIMING_COLUMNS  # noqa: E402
-from bench.sweep import run  # noqa: E402
+from bench.run.config import load_config  # noqa: E402
+from bench.run.executors import DaskExecutor  # noqa: E402
+from bench.run.metrics import TIMING_COLUMNS  # noqa: E402
+from bench.run.sweep import run  # noqa: E402
 
 
 def _config(tmp_path, n_samples="10,100,1000"):

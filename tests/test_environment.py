@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from bench.environment import CEILING_TOLERANCE, IDENTITY_FIELDS, ISA_FLAGS, hardware, identity_mismatches
-from bench.store import Meta
+from bench.run.environment import CEILING_TOLERANCE, IDENTITY_FIELDS, ISA_FLAGS, hardware, identity_mismatches
+from bench.run.store import Meta
 
 HW = {"platform": "Linux", "cpu": "AMD EPYC", "cpu_count": 2, "torch_threads": 2, "cpu_capability": "AVX512",
       "isa_flags": {"avx512_bf16": True, "amx_bf16": False, "avx512_fp16": False, "f16c": True}, "gpus": []}
@@ -39,7 +39,7 @@ def test_hardware_records_capability_and_isa_flags():
 
 def test_hardware_without_proc_cpuinfo(monkeypatch):
     """macOS and the like: no flag list to read, so the flags are unknown (None), not all False."""
-    import bench.environment as env
+    import bench.run.environment as env
 
     monkeypatch.setattr(env, "_cpu_flags", lambda: None)
     assert env.hardware()["isa_flags"] is None

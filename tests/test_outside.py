@@ -182,7 +182,7 @@ def test_log_mean_exp_example_matches_log_space_in_float64(pkg):
 
 
 def test_an_entry_point_registers_an_estimator_by_name(pkg):
-    from bench.config import estimator_spec
+    from bench.run.config import estimator_spec
     from lvm import sources
     from lvm.shared import estimate
 

@@ -14,8 +14,8 @@ from tiny import tiny_toml
 
 import lvm
 from bench.cli import main
-from bench.config import ESTIMATORS, Cell
-from bench.store import load_run
+from bench.run.config import ESTIMATORS, Cell
+from bench.run.store import load_run
 from lvm.shared import estimate, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]

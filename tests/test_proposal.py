@@ -12,8 +12,8 @@ import torch
 from tiny import run_cli, tiny_toml
 
 import lvm
-from bench.config import ESTIMATORS, Cell, ConfigError, load_config, validate
-from bench.store import load_run
+from bench.run.config import ESTIMATORS, Cell, ConfigError, load_config, validate
+from bench.run.store import load_run
 from lvm.estimators import PROPOSAL_CHUNK
 from lvm.shared import estimate, evaluate
 
@@ -182,8 +182,8 @@ def test_sweep_measures_both_proposals_and_replays_each_with_its_own(encoder_run
     assert any("untrained-k2" in e["cell"] and "has no encoder" in e["reason"]
                for e in meta["excluded_cells"])
     raw = pd.read_parquet(encoder_run / "raw.parquet")
-    from bench.cell import Context, draw_seed
-    from bench.cell import estimate as cell_estimate
+    from bench.run.cell import Context, draw_seed
+    from bench.run.cell import estimate as cell_estimate
 
     ctx = Context(validate(meta["config"]), cache_dir=cache_dir)
     sel = raw[(raw["proposal"] == "encoder") & (raw["model"] == "iwae-k2") & (raw["n_samples"] == 100)

@@ -19,7 +19,7 @@ import pytest
 from tiny import run_cli as _run
 from tiny import tiny_toml
 
-import bench.store
+import bench.run.store
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = tiny_toml(grid={"dtype": ["float32"], "estimator": ["log_space"], "device": ["cpu"]})
@@ -80,7 +80,7 @@ def test_sigterm_ends_with_status_interrupted_and_resume_continues(tmp_path, cac
 def test_a_full_disk_ends_with_one_line_and_status_interrupted(tmp_path, capsys, small, cache_dir,
                                                                 monkeypatch):
     out = tmp_path / "run"
-    real = bench.store.RunStore.write_part
+    real = bench.run.store.RunStore.write_part
     written = []
 
     def fill_up(self, key, row, raw):
@@ -89,12 +89,12 @@ def test_a_full_disk_ends_with_one_line_and_status_interrupted(tmp_path, capsys,
         written.append(key)
         real(self, key, row, raw)
 
-    monkeypatch.setattr(bench.store.RunStore, "write_part", fill_up)
+    monkeypatch.setattr(bench.run.store.RunStore, "write_part", fill_up)
     assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 2
     err = capsys.readouterr().err
     assert "the disk is full" in err and "--resume" in err and len(err.strip().splitlines()) <= 2
     assert _meta(out)["status"] == "interrupted" and not (out / ".lock").exists()
-    monkeypatch.setattr(bench.store.RunStore, "write_part", real)
+    monkeypatch.setattr(bench.run.store.RunStore, "write_part", real)
     assert _run("--config", str(small), "--out", str(out), "--resume", cache=cache_dir) == 0
     assert _meta(out)["status"] == "complete"
 
@@ -114,7 +114,7 @@ def test_resume_reruns_damaged_parts_and_names_them(tmp_path, capsys, small, cac
 
     import pandas as pd
 
-    from bench.metrics import TIMING_COLUMNS
+    from bench.run.metrics import TIMING_COLUMNS
 
     out = tmp_path / "run"
     assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 0
@@ -157,7 +157,7 @@ def test_no_space_for_meta_json_exits_2_and_leaves_no_lock(tmp_path, capsys, sma
     def full(self, meta):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self.meta_path))
 
-    monkeypatch.setattr(bench.store.RunStore, "write_meta", full)
+    monkeypatch.setattr(bench.run.store.RunStore, "write_meta", full)
     out = tmp_path / "run"
     assert _run("--config", str(small), "--out", str(out), cache=cache_dir) == 2
     assert "No space left on device" in capsys.readouterr().err

@@ -17,8 +17,8 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.figures import FIGURE_STEMS
-from bench.findings import (
+from bench.report.figures import FIGURE_STEMS
+from bench.report.findings import (
     finding_log_underflow,
     finding_loglik,
     finding_nonfinite,
@@ -26,10 +26,10 @@ from bench.findings import (
     finding_rounding,
     findings,
 )
-from bench.render import fmt_num, fmt_pct
-from bench.report import write_report
-from bench.store import Run, RunError, load_run
-from bench.theory import STEM as THEORY_STEM
+from bench.report.page import write_report
+from bench.report.render import fmt_num, fmt_pct
+from bench.report.sections.theory import STEM as THEORY_STEM
+from bench.run.store import Run, RunError, load_run
 from lvm.numerics import dtype_facts
 
 # what a run with raw estimates and no autocast cell draws (Figure 8 needs autocast cells)
@@ -281,7 +281,7 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
 
 def test_k_findings_follow_the_cells(tiny_run, tmp_path):
     """The findings along K read the cells at their largest N, per family, in K order."""
-    from bench.findings import finding_k_bias, finding_k_underflow
+    from bench.report.findings import finding_k_bias, finding_k_underflow
 
     assert finding_k_underflow(load_run(tiny_run)) is None  # one K only: nothing to say along K
     assert finding_k_bias(load_run(tiny_run)) is None

@@ -1,7 +1,7 @@
 """The roofline arithmetic: FLOP of an estimate, its matrix-product shapes, and the report's use.
 
-Pure arithmetic, no timing: bench.timing's counts against a hand count and against the
-weight matrices of lvm.model.seed_decoder, and bench.analysis deriving the same ``flop``
+Pure arithmetic, no timing: bench.run.timing's counts against a hand count and against the
+weight matrices of lvm.model.seed_decoder, and bench.report.analysis deriving the same ``flop``
 for a row without the column as the sweep would have stored in it.
 """
 
@@ -13,10 +13,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import analysis, findings
-from bench.render import fmt_pct
-from bench.store import Meta, Run
-from bench.timing import decoder_flop_per_draw, estimate_flop, matmul_shapes, roofline_seconds
+from bench.report import analysis, findings
+from bench.report.render import fmt_pct
+from bench.run.store import Meta, Run
+from bench.run.timing import decoder_flop_per_draw, estimate_flop, matmul_shapes, roofline_seconds
 from lvm import zoo
 from lvm.model import architecture, seed_decoder
 

@@ -85,7 +85,7 @@ def test_atomic_write_replaces_whole_files_only(tmp_path):
 # ----------------------------------------------------------------------------- timing budget
 
 def test_autorange_fills_the_budget_on_fast_calls_and_stops_at_max_runs():
-    from bench.timing import autorange
+    from bench.run.timing import autorange
 
     calls = []
     m = autorange(lambda: calls.append(1), "cpu", budget=60.0, max_runs=7)
@@ -93,7 +93,7 @@ def test_autorange_fills_the_budget_on_fast_calls_and_stops_at_max_runs():
 
 
 def test_autorange_makes_one_run_of_a_call_longer_than_the_budget():
-    from bench.timing import autorange
+    from bench.run.timing import autorange
 
     m = autorange(lambda: time.sleep(0.02), "cpu", budget=0.001, max_runs=50)
     assert len(m.times) == 1 and m.times[0] >= 0.02
@@ -104,7 +104,7 @@ def test_autorange_makes_one_run_of_a_call_longer_than_the_budget():
 
 
 def test_autorange_stops_once_the_budget_is_spent():
-    from bench.timing import autorange
+    from bench.run.timing import autorange
 
     m = autorange(lambda: time.sleep(0.01), "cpu", budget=0.035, max_runs=1000)
     assert 2 <= len(m.times) < 1000 and sum(m.times[:-1]) < 0.035 <= sum(m.times)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import lvm
-from bench.cell import draw_seed, estimate
-from bench.config import ESTIMATORS, Cell
+from bench.run.cell import draw_seed, estimate
+from bench.run.config import ESTIMATORS, Cell
 from lvm.estimators import CHUNK
 from lvm.shared import estimate as estimate_alone
 from lvm.shared import evaluate
@@ -68,8 +68,8 @@ def test_tiny_sweep_equals_the_per_estimator_path(tiny_run, cache_dir):
     """Every estimate of the tiny sweep (a shared pass) equals the estimator called alone."""
     import json
 
-    from bench.cell import Context
-    from bench.config import validate
+    from bench.run.cell import Context
+    from bench.run.config import validate
 
     run = pd.read_parquet(tiny_run / "raw.parquet")
     config = validate(json.loads((tiny_run / "meta.json").read_text())["config"])

@@ -16,7 +16,7 @@ import pytest
 from tiny import run_cli as _cli
 from tiny import tiny_toml
 
-from bench.metrics import TIMING_COLUMNS
+from bench.run.metrics import TIMING_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""bench.theory: each prediction against a measurement it can be checked on exactly."""
+"""bench.report.sections.theory: each prediction against a measurement it can be checked on exactly."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lvm
-from bench import theory
+from bench.report.sections import theory
 
 LOGIT = 4.0  # every pixel's logit, whatever z: p(x|z) = p(x) for every draw
 

@@ -3,7 +3,7 @@
 With the prior as proposal the terms p(x|z_i) of a trained decoder spread over hundreds of nats
 and a few draws carry the whole sum (ESS near 1); with an encoder close to the posterior every
 weight p(x|z) p(z) / q(z|x) is near p(x), the ESS grows with N and the log-space bias and variance
-shrink. The rest of the report reads the prior cells only (:attr:`bench.store.Run.ok`); this
+shrink. The rest of the report reads the prior cells only (:attr:`bench.run.store.Run.ok`); this
 module sets the encoder cells beside the prior cells of the same (model, parametrization, device,
 estimator, dtype, N): a table, a finding and a figure.
 """
@@ -16,12 +16,11 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from bench.report import plotkit as K
+from bench.report.analysis import Finding, Order
+from bench.report.render import fmt_num, fmt_pct, join
+from bench.run.store import Run
 from lvm.numerics import dtype_facts
-
-from . import plotkit as K
-from .analysis import Finding, Order
-from .render import fmt_num, fmt_pct, join
-from .store import Run
 
 TITLE = "Prior or encoder proposal: effective sample size, |bias| and variance against N"
 STEM = "fig10_proposal"

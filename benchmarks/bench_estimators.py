@@ -2,9 +2,9 @@
 
 Not part of the test suite (pytest's testpaths is ``tests``); run it explicitly::
 
-    pytest bench/bench_estimators.py                   # everything, incl. ~4 min at N = 10^7
-    pytest bench/bench_estimators.py -k "not memory"   # timings only (~1.5 min)
-    pytest bench/bench_estimators.py --benchmark-json=bench.json
+    pytest benchmarks/bench_estimators.py                   # everything, incl. ~4 min at N = 10^7
+    pytest benchmarks/bench_estimators.py -k "not memory"   # timings only (~1.5 min)
+    pytest benchmarks/bench_estimators.py --benchmark-json=bench.json
 
 Timing: B = 100 binary images, N = 10^4 prior draws, K = 2, float32, CPU, one torch thread
 (``LVM_BENCH_THREADS`` to change), for the part-4 decoder (3 x 512 ELU, logits) and the
@@ -14,7 +14,7 @@ sums it and takes ``torch.logsumexp``. The textbook benchmark records the speed-
 log_space over it in ``extra_info`` (target: >= 50x).
 
 Memory: log_space at N = 10^7, B = 100 with the part-2 decoder, in a fresh subprocess, measured
-by :class:`bench.timing.PeakMemory` (peak resident memory above the level just before the call;
+by :class:`bench.run.timing.PeakMemory` (peak resident memory above the level just before the call;
 target: < 512 MB). tracemalloc does not see torch's allocations, hence resident memory.
 Measured figures live in the README (Throughput and memory), not here.
 """
@@ -31,14 +31,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import THREADS  # the suite's one thread count (benchmarks/conftest.py)
 
 import lvm
-from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 
 B, N, K = 100, 10_000, 2
 DTYPE = torch.float32
 TEXTBOOK_CHUNK = 250  # [100, 250, 784] float32: 78 MB per temporary
-THREADS = int(os.environ.get("LVM_BENCH_THREADS", "1"))
 SPEEDUP_TARGET = 50.0
 MEMORY_N = 10_000_000
 MEMORY_TARGET_MB = 512.0
@@ -69,11 +68,6 @@ def textbook_log_px(decoder: torch.nn.Module, x: torch.Tensor, z: torch.Tensor,
     return torch.logsumexp(ll, dim=1) - math.log(len(z))
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    keep_temporaries_on_heap()  # as the sweep times its cells
-    with set_torch_threads(THREADS):
-        yield
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -127,7 +121,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     import torch
     torch.set_num_threads(int(sys.argv[2]))
     import lvm
-    from bench.timing import PeakMemory
+    from bench.run.timing import PeakMemory
 
     n = int(sys.argv[1])
     model = lvm.BernoulliLVM(lvm.seed_decoder(2), 2, "probs")

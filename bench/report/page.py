@@ -6,9 +6,9 @@ sentence of the findings is computed from the run's own numbers; the output is
 byte-identical when regenerated from the same run (only meta.json's timestamps
 appear in it).
 
-This module only puts the pieces together: the run is read by :mod:`bench.store`, the
-numbers come from :mod:`bench.analysis`, the figures from :mod:`bench.figures` (which draw
-stored data and never run a model), and the page is written by :mod:`bench.render`.
+This module only puts the pieces together: the run is read by :mod:`bench.run.store`, the
+numbers come from :mod:`bench.report.analysis`, the figures from :mod:`bench.report.figures` (which draw
+stored data and never run a model), and the page is written by :mod:`bench.report.render`.
 """
 
 from __future__ import annotations
@@ -18,18 +18,18 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import analysis as A
-from . import figures as F
-from . import precision as P
-from . import proposal as Q
-from . import render
-from . import theory as T
-from .analysis import shown
-from .figures import FIGURE_STEMS
-from .findings import Finding, findings
-from .plotkit import DPI, FigureSpec, save, style
-from .render import plural
-from .store import Run, RunError, atomic_write, load_run, write_text
+from bench.report import analysis as A
+from bench.report import figures as F
+from bench.report import render
+from bench.report.analysis import shown
+from bench.report.figures import FIGURE_STEMS
+from bench.report.findings import Finding, findings
+from bench.report.plotkit import DPI, FigureSpec, save, style
+from bench.report.render import plural
+from bench.report.sections import precision as P
+from bench.report.sections import proposal as Q
+from bench.report.sections import theory as T
+from bench.run.store import Run, RunError, atomic_write, load_run, write_text
 
 __all__ = ["FIGURE_STEMS", "build_figures", "write_report"]
 STEMS = (*FIGURE_STEMS, P.STEM, Q.STEM, T.STEM)

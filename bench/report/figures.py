@@ -1,7 +1,7 @@
 """The report's figures: tidy frames in, one matplotlib Figure (or a reason to skip) out.
 
 Figures draw what analysis computed and the run stored; none runs a model. The palettes,
-style and layout helpers they share are :mod:`bench.plotkit`.
+style and layout helpers they share are :mod:`bench.report.plotkit`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from bench.report import plotkit as K
+from bench.report.analysis import K2Panels, Order
+from bench.report.render import SUPERSCRIPT, fmt_pct
+from bench.run.metrics import RESOLVE_FACTOR
 from lvm.numerics import DTYPES, dtype_facts
-
-from . import plotkit as K
-from .analysis import K2Panels, Order
-from .metrics import RESOLVE_FACTOR
-from .render import SUPERSCRIPT, fmt_pct
 
 TITLES = {
     "fig1_underflow": "Underflow rate against N",
@@ -255,7 +254,7 @@ def loglik_distribution(loglik: pd.DataFrame | None, o: Order, dtypes: list[str]
 
 
 def throughput(agg: pd.DataFrame, o: Order, peaks: dict) -> K.FigureSpec:
-    """``agg``: :func:`bench.analysis.throughput` (GFLOP/s of decoder + data product, median,
+    """``agg``: :func:`bench.report.analysis.throughput` (GFLOP/s of decoder + data product, median,
     min and max over models per device, estimator and dtype); ``peaks``: meta.json's
     matmul_peak_gflops."""
     par = o.parametrization

@@ -2,7 +2,7 @@
 estimator x precision policy, N = 1,000, quadrature ground truth, from a cold cache, on the
 machine's cores. Target: ``TARGET_S`` on 2 CPU cores for the 3 x 512 decoder.
 
-Run with ``tox -e bench`` or ``pytest bench/bench_diagnose.py --benchmark-only``.
+Run with ``tox -e bench`` or ``pytest benchmarks/bench_diagnose.py --benchmark-only``.
 """
 
 from __future__ import annotations

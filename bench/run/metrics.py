@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from .config import PARAM_NAMES, Cell
+from bench.run.config import PARAM_NAMES, Cell
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

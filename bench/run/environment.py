@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .store import Meta
+    from bench.run.store import Meta
 
 # CPU flags (as /proc/cpuinfo names them) that change how fast low precision runs: native
 # bfloat16 dot products and tiles, native float16 arithmetic, float16 <-> float32 conversion.
@@ -201,7 +201,7 @@ def identity_mismatches(base: Meta, new: Meta, *, names: tuple[str, str] = ("the
                         tolerance: float = CEILING_TOLERANCE) -> list[str]:
     """Why two runs' hardware differs, in words, one reason a line; empty when it matches.
 
-    ``base`` and ``new`` are :class:`bench.store.Meta` (anything with ``.hardware`` and
+    ``base`` and ``new`` are :class:`bench.run.store.Meta` (anything with ``.hardware`` and
     ``.matmul_peak_gflops``). Every :data:`IDENTITY_FIELDS` entry must be equal, and every
     matmul ceiling both runs measured within ``tolerance`` (:data:`CEILING_TOLERANCE`). A field
     or the ceilings missing from a run is a mismatch too: such a run (made before lvm-bench

@@ -23,6 +23,10 @@ import pandas as pd
 import torch
 
 import lvm
+from bench.run.config import PARAM_NAMES, PARAMETRIZATIONS, Cell, Config, estimator_spec
+from bench.run.metrics import summarize
+from bench.run.store import RunError
+from bench.run.timing import Measurement, PeakMemory, autorange, estimate_flop, timed
 from lvm import sources, zoo
 from lvm.encoder import has_encoder
 from lvm.errors import InputError
@@ -32,11 +36,6 @@ from lvm.rng import entropy
 from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
 from lvm.shared import estimate as estimate_spec
 from lvm.shared import evaluate
-
-from .config import PARAM_NAMES, PARAMETRIZATIONS, Cell, Config, estimator_spec
-from .metrics import summarize
-from .store import RunError
-from .timing import Measurement, PeakMemory, autorange, estimate_flop, timed
 
 LOGLIK_SAMPLES = 512  # prior draws per digit behind Figures 4 and 7
 FIGURE_REPEAT = -1 % 2**31  # the repeat index of the figures' draws: never one of the cells'

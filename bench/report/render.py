@@ -1,6 +1,6 @@
 """Rendering: numbers as text, one table renderer, the report page, compare's output.
 
-Nothing here computes a result: analysis (:mod:`bench.analysis`) and the rules of
+Nothing here computes a result: analysis (:mod:`bench.report.analysis`) and the rules of
 :mod:`bench.compare` hand over tidy frames and dataclasses, and this module turns them into
 terminal text, GitHub Markdown or self-contained HTML.
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import Cell
+from bench.run.config import Cell
 
 SUPERSCRIPT = str.maketrans("0123456789-", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻")
 MARKDOWN_LIMIT = 60_000  # GitHub comments hold 65,536 characters
@@ -138,7 +138,7 @@ def page(blocks: list[tuple], fig_dir: Path, dpi: int) -> tuple[str, str]:
             md.append(table(a[0], "markdown", numeric=numeric))
             ht.append(table(a[0], "html", numeric=numeric))
         elif kind == "figure":
-            spec = a[0]  # a bench.plotkit.FigureSpec
+            spec = a[0]  # a bench.report.plotkit.FigureSpec
             if spec.figure is None:
                 text = f"Not drawn: {spec.skipped}"
                 md.append(f"*{text}*")

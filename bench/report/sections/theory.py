@@ -45,13 +45,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from bench.report import plotkit as K
+from bench.report.analysis import Finding, Order
+from bench.report.render import fmt_num, fmt_pct, join
+from bench.run.metrics import wilson
+from bench.run.store import Run
 from lvm.numerics import dtype_facts
-
-from . import plotkit as K
-from .analysis import Finding, Order
-from .metrics import wilson
-from .render import fmt_num, fmt_pct, join
-from .store import Run
 
 STEM, TITLE = "fig9_theory", "Theory against measurement"
 GROUP = ["model", "parametrization", "device", "proposal", "estimator", "dtype", "n_samples"]

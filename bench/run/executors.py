@@ -3,7 +3,7 @@
 An executor's ``map(ctx, cells)`` yields ``(key, row, raw)`` as cells finish,
 in any order; the client alone writes the run directory, so resume and the
 final tables are the same whichever executor ran the cells. The unit of work is
-a group of cells that share draws and decoder passes (:func:`bench.cell.groups`).
+a group of cells that share draws and decoder passes (:func:`bench.run.cell.groups`).
 """
 
 from __future__ import annotations
@@ -12,11 +12,10 @@ import dataclasses
 import os
 import platform
 
+from bench.run.cell import Context, failed_row, groups, run_group
+from bench.run.config import Cell, Config
+from bench.run.store import RunError
 from lvm.runtime import device_unavailable
-
-from .cell import Context, failed_row, groups, run_group
-from .config import Cell, Config
-from .store import RunError
 
 SPAWN_ENV = "distributed.nanny.pre-spawn-environ"
 INSTALL_HINT = ("--executor dask needs the optional extra: pip install 'lvm-bench[dask]' "

@@ -2,7 +2,7 @@
 
 "cast" runs the model and every reduction in the dtype; "autocast" keeps the float32 model
 under ``torch.autocast`` (:func:`lvm.shared.policy`). The rest of the report reads the cast
-cells only (:attr:`bench.store.Run.ok`); this module puts the two policies next to each other
+cells only (:attr:`bench.run.store.Run.ok`); this module puts the two policies next to each other
 for the (estimator, dtype) pairs measured under both: a table, a finding and a figure.
 """
 
@@ -14,13 +14,12 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
+from bench.report import plotkit as K
+from bench.report.analysis import Finding, Order, bias_display, pooled, resolved_bias_at_largest_n
+from bench.report.render import fmt_num, fmt_pct, join
+from bench.run.metrics import wilson
+from bench.run.store import Run
 from lvm.numerics import dtype_facts
-
-from . import plotkit as K
-from .analysis import Finding, Order, bias_display, pooled, resolved_bias_at_largest_n
-from .metrics import wilson
-from .render import fmt_num, fmt_pct, join
-from .store import Run
 
 TITLE = "Cast or autocast: underflow against N under each precision policy"
 STEM = "fig8_precision"

@@ -21,7 +21,7 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from .analysis import Order
+from bench.report.analysis import Order
 
 POSTERIOR_CMAP = mpl.colors.ListedColormap(mpl.colormaps["Greys"](np.linspace(0.0, 0.55, 256)))
 # Okabe & Ito (2008) colour-blind-safe colours, one per dtype, in every figure.

@@ -1,16 +1,16 @@
 """Throughput suite: each estimator per dtype against the roofline of its own matrix products.
 
 Run with ``tox -e bench`` (JSON into results/benchmarks/) or
-``pytest bench/bench_throughput.py --benchmark-only``. The grid is declared as data, as
+``pytest benchmarks/bench_throughput.py --benchmark-only``. The grid is declared as data, as
 in asv: ``params`` / ``param_names``. Everything in one module runs side by side in one
 process, so the ratios in ``extra_info`` (and printed) compare like with like:
 
 - ``fraction_of_roofline``: the roofline time of an estimate over the estimator's median
   time. The roofline is the estimate's FLOP (the decoder on N draws plus the data product,
-  :func:`bench.timing.estimate_flop`) at this machine's matrix-product rate for the very
+  :func:`bench.run.timing.estimate_flop`) at this machine's matrix-product rate for the very
   shapes log_space multiplies: per chunk of draws each decoder layer's [chunk, in] @
   [in, out] and the data product [B, 784] @ [784, chunk], each timed alone
-  (:func:`bench.timing.measure_roofline`). Everything else (biases, ELU, softplus, the
+  (:func:`bench.run.timing.measure_roofline`). Everything else (biases, ELU, softplus, the
   logsumexp and the diagnostics) is overhead against it;
 - ``speedup_vs_numpy``: a NumPy/SciPy implementation (``scipy.special.logsumexp``) over
   ``lvm.log_space``, float32.
@@ -30,8 +30,7 @@ import scipy.special
 import torch
 
 import lvm
-from bench.bench_estimators import _threads  # noqa: F401 - the same one-thread fixture
-from bench.timing import estimate_flop, measure_roofline, timed
+from bench.run.timing import estimate_flop, measure_roofline, timed
 from lvm.model import architecture, build
 
 params = (["float16", "bfloat16", "float32", "float64"], ["log_space", "log_space_acc32", "prob_space_exp"])

@@ -28,11 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bench.run.config import AXIS_DEFAULTS, PARAM_NAMES, Cell, model_facts
+from bench.run.metrics import NUMERIC, resolved
 from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a binary file
 from lvm.errors import InputError
-
-from .config import AXIS_DEFAULTS, PARAM_NAMES, Cell, model_facts
-from .metrics import NUMERIC, resolved
 
 FORMAT_VERSION = 1
 RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz", "k2.npz",
@@ -41,7 +40,7 @@ RUN_DIRS = ("parts", "figures", "tables")
 
 
 PART_KEY = "_part"  # a part's own record: its raw file's row count and sha256 (not a cells.csv column)
-# columns older runs lack and are derived: flop by bench.analysis.cell_flop; the truth's
+# columns older runs lack and are derived: flop by bench.report.analysis.cell_flop; the truth's
 # resolution from truth_se_max (the largest digit error, where newer runs use the mean)
 DERIVABLE = ("flop", "truth_error", "bias_resolved", "mc_bias_resolved")
 
@@ -342,8 +341,8 @@ class Run:
     @property
     def ok(self) -> pd.DataFrame:
         """The measured cells (status ok) of the cast policy and the prior proposal: what the
-        report's figures, tables and findings read (:mod:`bench.precision` and
-        :mod:`bench.proposal` set the other levels beside them)."""
+        report's figures, tables and findings read (:mod:`bench.report.sections.precision` and
+        :mod:`bench.report.sections.proposal` set the other levels beside them)."""
         return self.at_defaults(self.cells[self.cells["status"] == "ok"], "precision", "proposal")
 
     @staticmethod
@@ -391,7 +390,7 @@ class Run:
 
     @cached_property
     def k2(self) -> dict[str, dict[str, np.ndarray]] | None:
-        """Figure 7's arrays per K = 2 model (see ``bench.cell.k2_arrays``), or None."""
+        """Figure 7's arrays per K = 2 model (see ``bench.run.cell.k2_arrays``), or None."""
         path = self.root / "k2.npz"
         if not path.exists():
             return None
@@ -451,7 +450,7 @@ def load_run(path: str | os.PathLike) -> Run:
 
 
 def _missing_cells(meta: Meta, cells: pd.DataFrame) -> list[str]:
-    from .config import validate
+    from bench.run.config import validate
 
     try:
         expected, _ = validate(meta.config, "meta.json").cells()

@@ -1,9 +1,9 @@
 """What the report says about a run, computed from the run alone: findings, summary, environment.
 
-Everything here takes a :class:`bench.store.Run` and returns tidy pandas frames, dataclasses
-or sentences; :mod:`bench.figures` draws the frames and :mod:`bench.report` lays the rest out.
+Everything here takes a :class:`bench.run.store.Run` and returns tidy pandas frames, dataclasses
+or sentences; :mod:`bench.report.figures` draws the frames and :mod:`bench.report.page` lays the rest out.
 Nothing here draws, writes a file or runs a model. Numbers in sentences are formatted with
-:mod:`bench.render`'s formatters (which import nothing from bench), so that the findings read
+:mod:`bench.report.render`'s formatters (which import nothing from bench), so that the findings read
 exactly as the tables do.
 """
 
@@ -14,15 +14,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from bench.report.render import fmt_num, fmt_pct, fmt_rate
+from bench.run.config import DEVICES, ESTIMATORS
+from bench.run.metrics import wilson
+from bench.run.store import Meta, Run
+from bench.run.timing import estimate_flop
 from lvm import zoo
 from lvm.errors import InputError
 from lvm.numerics import DTYPES
-
-from .config import DEVICES, ESTIMATORS
-from .metrics import wilson
-from .render import fmt_num, fmt_pct, fmt_rate
-from .store import Meta, Run
-from .timing import estimate_flop
 
 K2_ARRAYS = ("digit", "decoded", "posterior", "extent", "draws", "hit", "span")  # what Figure 7 draws
 
@@ -89,7 +88,7 @@ def _architecture(model: str) -> dict | None:
 
 def cell_flop(cells: pd.DataFrame) -> pd.Series:
     """FLOP of one estimate per cell (decoder on N draws + data product): the sweep's ``flop``
-    column where it holds a number, else :func:`bench.timing.estimate_flop` of the model's zoo
+    column where it holds a number, else :func:`bench.run.timing.estimate_flop` of the model's zoo
     architecture with B = n_data and N = n_samples, so that a run written before the column
     existed is counted the same way; NaN for a model the zoo does not know."""
     archs = {m: _architecture(m) for m in cells["model"].unique()}

@@ -1,8 +1,8 @@
 """The report's findings: one generated sentence each, computed from the run alone.
 
-Each ``finding_*`` takes a :class:`bench.store.Run` and returns a :class:`Finding` (the
+Each ``finding_*`` takes a :class:`bench.run.store.Run` and returns a :class:`Finding` (the
 sentence and the numbers it was made from) or None when the run lacks what it needs; the
-helpers and frames they rest on live in :mod:`bench.analysis`.
+helpers and frames they rest on live in :mod:`bench.report.analysis`.
 """
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
+from bench.report.analysis import Finding, order, pooled, throughput
+from bench.report.render import fmt_num, fmt_pct, fmt_rate, join, plural
+from bench.report.sections import precision, proposal, theory
+from bench.run.store import Run
 from lvm.numerics import DTYPES, dtype_facts
-
-from . import precision, proposal, theory
-from .analysis import Finding, order, pooled, throughput
-from .render import fmt_num, fmt_pct, fmt_rate, join, plural
-from .store import Run
 
 
 def _dtypes(cells: pd.DataFrame) -> list[str]:

@@ -1,6 +1,6 @@
 """Run the grid: the orchestration around the cells (store, meta, resume, progress).
 
-What one cell measures is :mod:`bench.cell`; where cells run is :mod:`bench.executors`;
+What one cell measures is :mod:`bench.run.cell`; where cells run is :mod:`bench.run.executors`;
 this module prepares the run directory, writes the per-run figure data and meta.json, and
 hands the cells that are still to do to the executor.
 """
@@ -17,15 +17,14 @@ import numpy as np
 import pandas as pd
 
 import lvm
+from bench.run import environment
+from bench.run.cell import LOGLIK_SAMPLES, MAX_RUNS, Context, skipped_row
+from bench.run.config import Cell, Config
+from bench.run.executors import LocalExecutor
+from bench.run.store import RunError, RunStore, atomic_write
+from bench.run.timing import matmul_peak_gflops
 from lvm.numerics import DTYPES
 from lvm.runtime import device_unavailable, set_torch_threads
-
-from . import environment
-from .cell import LOGLIK_SAMPLES, MAX_RUNS, Context, skipped_row
-from .config import Cell, Config
-from .executors import LocalExecutor
-from .store import RunError, RunStore, atomic_write
-from .timing import matmul_peak_gflops
 
 
 def _now() -> str:

@@ -1,0 +1,1 @@
+"""The report side: a run read back (tidy frames) -> sections -> figures and tables -> the report page."""
