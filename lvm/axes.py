@@ -49,7 +49,7 @@ truth
     already say ``truth`` (``truth_error``, ``truth_method``, ``truth_se_max``, ``truth``).
 replay
     The float64 log-space estimate on a cell's own draws: what rounding error is measured
-    against (cells.csv ``replay_float64`` in raw rows).
+    against (the column ``replay_float64`` of a run's raw rows).
 se_threshold
     compare's number of standard errors that counts as a change. Older: ``k`` (the
     ``--k`` flag, a deprecated alias; the ``"k"`` key of compare's JSON report).
