@@ -1,6 +1,18 @@
 """`lvm-bench` command line: run, report, compare, diagnose, train, models.
 
-Exit codes: 0 success, 1 a regression (compare), 2 bad input, 130 interrupted.
+One parser; each verb's work is a typed function that this module only calls, as asv's commands
+do: run -> :func:`bench.run.sweep.run`, report -> :func:`bench.report.page.write_report`,
+compare -> :func:`bench.compare.run`, diagnose -> :func:`bench.diagnose.run`, train ->
+:func:`lvm.zoo.train_models`, models -> :func:`lvm.zoo.names`. Nothing heavy is imported
+before a verb runs (``--help`` loads neither torch nor pandas).
+
+The same flag means the same thing in every verb: ``--out`` is where a verb writes, ``--format``
+is text, markdown or json. An old spelling still works and prints one line on stderr naming the
+new one: compare's ``--output`` (now ``--out``), ``--k`` (now ``--se-threshold``: K is the latent
+dimension everywhere else) and ``--format table`` (now ``text``).
+
+Exit codes: 0 success, 1 a regression (compare), an unsafe setting (diagnose --expect) or a
+failed cell (run), 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,9 +22,38 @@ import signal
 import sys
 from pathlib import Path
 
+# The grid's axes (lvm.axes.AXES, which imports torch) and their flags on `run`.
 AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-samples", "model": "model",
               "parametrization": "parametrization", "device": "device", "precision": "precision",
               "proposal": "proposal"}
+FORMATS = ("text", "markdown", "json")
+
+
+def _deprecated(prog: str, old: str, new: str) -> None:
+    print(f"{prog}: warning: {old} is deprecated; use {new}", file=sys.stderr)
+
+
+class _Renamed(argparse.Action):
+    """The old spelling of a flag: stores into the new flag's value and names the new spelling."""
+
+    def __init__(self, option_strings, dest, *, new: str, **kw):
+        super().__init__(option_strings, dest, default=argparse.SUPPRESS, help=argparse.SUPPRESS, **kw)
+        self.new = new
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        _deprecated(parser.prog, option_string, self.new)
+        setattr(namespace, self.dest, values)
+
+
+def _compare_format(value: str) -> str:
+    if value == "table":
+        _deprecated("lvm-bench compare", "--format table", "--format text")
+        return "text"
+    return value
+
+
+def _listed(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
 def _terminated(signum, frame):
@@ -21,24 +62,17 @@ def _terminated(signum, frame):
 
 def _run(args: argparse.Namespace) -> int:
     from bench.run.config import Cell, load_config
+    from bench.run.executors import make_executor
     from bench.run.sweep import run
 
     overrides = list(args.set or [])
-    for axis in AXIS_FLAGS:
-        value = getattr(args, axis)
-        if value is not None:
-            overrides.append(f"grid.{axis}={value}")
-    for key in ("seed", "repeats", "n_data", "dataset"):
-        value = getattr(args, key)
-        if value is not None:
-            overrides.append(f"run.{key}={value}")
+    for section, keys in (("grid", AXIS_FLAGS), ("run", ("seed", "repeats", "n_data", "dataset"))):
+        overrides += [f"{section}.{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
     config = load_config(args.config, overrides)
     out = Path(args.out or Path("results") / config.run["name"])
     cells, excluded = config.cells()
     print(f"lvm-bench run: {len(cells)} cells ({len(excluded)} excluded, reasons in meta.json) -> {out}",
           file=sys.stderr)
-    from bench.run.executors import make_executor
-
     executor = make_executor(args.executor, args.scheduler, args.workers)
     previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a run as Ctrl-C does
     try:
@@ -56,9 +90,39 @@ def _run(args: argparse.Namespace) -> int:
     if args.report:
         from bench.report.page import write_report
 
-        path = write_report(out)
-        print(f"wrote {path}", file=sys.stderr)
+        print(f"wrote {write_report(out)}", file=sys.stderr)
     return 1 if len(failed) else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from bench.report.page import write_report
+
+    print(f"wrote {write_report(args.run, out=args.out)}", file=sys.stderr)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from bench import compare
+
+    return compare.run(args.baseline, args.new, se_threshold=args.se_threshold,
+                       throughput_factor=args.throughput_factor, min_time=args.min_time, fmt=args.format,
+                       out=args.out)
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from bench import diagnose
+    from lvm.errors import InputError
+
+    try:
+        ns = [int(v) for v in _listed(args.n_samples)] if args.n_samples else None
+    except ValueError as e:
+        raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive "
+                         "integers") from e
+    lists = {"dtypes": _listed(args.dtype), "estimators": _listed(args.estimator),
+             "precisions": _listed(args.precision), "n_samples": ns}
+    return diagnose.run(args.model, data=args.data, n_data=args.n_data, seed=args.seed,
+                        cache_dir=args.cache_dir, truth=False if args.no_truth else None, fmt=args.format,
+                        expect=args.expect, **{k: v for k, v in lists.items() if v is not None})
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -74,49 +138,6 @@ def _models(args: argparse.Namespace) -> int:
 
     for name in zoo.names():
         print(name)
-    return 0
-
-
-def _report(args: argparse.Namespace) -> int:
-    from bench.report.page import write_report
-
-    path = write_report(args.run, out=args.out)
-    print(f"wrote {path}", file=sys.stderr)
-    return 0
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from bench.compare import main as compare_main
-
-    return compare_main(args)
-
-
-def _diagnose(args: argparse.Namespace) -> int:
-    import json
-
-    from bench.diagnose import diagnose
-    from bench.run.config import ESTIMATORS
-    from lvm.numerics import DTYPES
-    from lvm.shared import PRECISIONS
-
-    def listed(value, default):
-        return [v.strip() for v in value.split(",") if v.strip()] if value else list(default)
-
-    try:
-        ns = [int(v) for v in listed(args.n_samples, ["1000"])]
-    except ValueError as e:
-        from lvm.errors import InputError
-
-        raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive "
-                         "integers") from e
-    result = diagnose(args.model, data=args.data, n_data=args.n_data, dtypes=listed(args.dtype, DTYPES),
-                      estimators=listed(args.estimator, ESTIMATORS),
-                      precisions=listed(args.precision, PRECISIONS),
-                      n_samples=ns, seed=args.seed, cache_dir=args.cache_dir,
-                      truth=False if args.no_truth else None)
-    print(json.dumps(result.to_json(), indent=2) if args.format == "json" else result.text())
-    if args.expect:
-        return 0 if result.verdict(args.expect) else 1
     return 0
 
 
@@ -156,13 +177,17 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare a run against a baseline; exit 1 on a regression")
     c.add_argument("baseline")
     c.add_argument("new")
-    c.add_argument("--k", type=float, default=4.0, help="standard errors that count as a change")
+    c.add_argument("--se-threshold", dest="se_threshold", type=float, default=4.0, metavar="SE",
+                   help="standard errors that count as a change (default 4)")
+    c.add_argument("--k", dest="se_threshold", type=float, action=_Renamed, new="--se-threshold")
     c.add_argument("--throughput-factor", type=float, default=1.25,
-                   help="slow-down factor that counts as a throughput regression")
+                   help="slow-down factor that counts as a throughput regression (default 1.25)")
     c.add_argument("--min-time", dest="min_time", type=float, default=0.01,
                    help="seconds: cells whose median timed run is shorter are not judged on throughput")
-    c.add_argument("--format", choices=("table", "markdown", "json"), default="table")
-    c.add_argument("--output", help="also write the report to this file")
+    c.add_argument("--format", type=_compare_format, choices=FORMATS, default="text",
+                   help="text (default), markdown (a pull-request comment) or json")
+    c.add_argument("--out", help="also write the report to this file")
+    c.add_argument("--output", dest="out", action=_Renamed, new="--out")
     c.set_defaults(func=_compare)
 
     d = sub.add_parser("diagnose", help="is this model's estimate safe in each dtype? a verdict table")
@@ -176,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-samples", dest="n_samples", metavar="N,...", help="default: 1000")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-truth", action="store_true", help="skip the quadrature check at K <= 2")
-    d.add_argument("--format", choices=("text", "json"), default="text")
+    d.add_argument("--format", choices=FORMATS, default="text", help="text (default), markdown or json")
     d.add_argument("--expect", metavar="DTYPE/ESTIMATOR/PRECISION",
                    help="exit 0 when this setting is safe, 1 when it is not (a gate for your CI)")
     d.add_argument("--cache-dir", help="where models and ground truth are cached")

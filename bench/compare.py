@@ -10,7 +10,7 @@ declared once in the metric registry (:data:`bench.run.metrics.METRICS`); the ru
 ``appears`` (nonfinite_rate)
     regression when it goes from 0 to > 0, improvement from > 0 to 0.
 ``se`` (bias, rounding_error_mean)
-    regression when ``|new - baseline| > k * SE`` and the error grew (improvement: it shrank),
+    regression when ``|new - baseline| > se_threshold * SE`` and the error grew (improvement: it shrank),
     ``SE = sqrt(SE_base^2 + SE_new^2)``: the runs taken as independent, which errs towards not
     flagging. Each run's SE is never below the SE over repeats from the raw rows (the digits of
     a repeat share its draws, so their errors are correlated); rounding_error_mean is not judged
@@ -18,20 +18,17 @@ declared once in the metric registry (:data:`bench.run.metrics.METRICS`); the ru
     noise of deterministic cells quiet.
 ``factor`` (terms_per_s)
     regression when ``baseline / new > throughput_factor``, improvement when
-    ``new / baseline > throughput_factor``; judged only when both runs' meta.json report the
-    same hardware identity (CPU model, cores, threads, torch's CPU capability, the
-    low-precision ISA flags, GPUs, and matmul ceilings within a tolerance:
-    :func:`bench.run.environment.identity_mismatches`, whose reasons the notes list when they
-    differ) and executor, and only for cells whose median timed run takes at least
-    ``min_time`` (shorter ones are scheduler noise).
+    ``new / baseline > throughput_factor``; judged only when both runs used the same executor on
+    the same hardware identity (CPU, cores, threads, ISA, GPUs, matmul ceilings:
+    :func:`bench.run.environment.identity_mismatches`, whose reasons the notes list), and only
+    for cells whose median timed run takes at least ``min_time`` (shorter: scheduler noise).
 
 A cell measured in the baseline that *failed* or is absent in the new run is a regression
 (metric ``status``), and so is a judged metric that was a number in the baseline and is none
 in the new run; cells measured in one run only are listed, never dropped. A run that is not
 finished, lacks a judged metric column or has rows without cell coordinates cannot be judged
-(exit 2). Exit code: 0 nothing regressed, 1 a regression, 2 bad input (:class:`CompareError`
-or :class:`bench.run.store.RunError`).
-Rendering is :func:`bench.report.render.comparison`.
+(exit 2). :func:`run` is the verb; its exit code: 0 nothing regressed, 1 a regression, 2 bad input
+(:class:`CompareError`, :class:`bench.run.store.RunError`). Rendering: :mod:`bench.report.render`.
 """
 
 from __future__ import annotations
@@ -46,13 +43,16 @@ import numpy as np
 import pandas as pd
 
 from bench.report import render
-from bench.run.config import PARAM_NAMES, Cell
+from bench.run.config import Cell
 from bench.run.environment import identity_mismatches
 from bench.run.metrics import JUDGED, METRICS, Metric, RawStats, raw_stats
 from bench.run.store import Run, load_run
+from lvm.axes import AXES
 from lvm.errors import InputError
 from lvm.numerics import dtype_facts
 
+SE_THRESHOLD = 4.0  # standard errors of a change that count as one (bias, rounding error)
+THROUGHPUT_FACTOR = 1.25  # a slow-down (speed-up) by more than this factor counts
 MIN_TIME = 0.01  # s: cells timed faster than this are dominated by scheduler noise, not judged
 REGRESSION, IMPROVEMENT, OK, NOT_JUDGED = "regression", "improvement", "ok", "not judged"
 STATUS = Metric("status", "text", "whether the cell was measured")
@@ -79,22 +79,18 @@ class Change:
     def label(self) -> str:
         return Cell.of(self.cell).label
 
-    @property
-    def _metric(self) -> Metric:
-        return METRICS.get(self.metric, STATUS)
-
     def fmt(self, value: Any) -> str:
-        return self._metric.fmt(value)
+        return METRICS.get(self.metric, STATUS).fmt(value)
 
     def fmt_change(self) -> str:
-        return self._metric.fmt_change(self.change)
+        return METRICS.get(self.metric, STATUS).fmt_change(self.change)
 
 
 @dataclass
 class Comparison:
     baseline: str
     new: str
-    k: float
+    se_threshold: float
     throughput_factor: float
     hardware_match: bool
     timings_judged: bool
@@ -106,6 +102,11 @@ class Comparison:
     hardware: dict[str, Any] = field(default_factory=dict)
     metrics: tuple[str, ...] = tuple(m.name for m in JUDGED)
     hardware_mismatches: list[str] = field(default_factory=list)  # why hardware_match is False
+
+    @property
+    def k(self) -> float:
+        """The older name of ``se_threshold`` (the ``"k"`` of the JSON report)."""
+        return self.se_threshold
 
     @property
     def regressions(self) -> list[Change]:
@@ -131,19 +132,19 @@ class Comparison:
                 + (f", {self.not_measured} measured in neither" if self.not_measured else ""))
 
     def header(self) -> list[tuple[str, str]]:
-        hw = self.hardware.get("new") or {}
+        hw, k = self.hardware.get("new") or {}, self.se_threshold
         where = f"{hw.get('cpu')}, {hw.get('cpu_count')} CPUs" + "".join(
             f", {g.get('name')}" for g in hw.get("gpus", []))
         timing = ("same hardware: throughput judged" if self.timings_judged else
                   "throughput reported, not judged: " + ("different executors" if self.hardware_match
                                                          else "different hardware (see notes)"))
         return [("baseline", self.baseline), ("new", self.new),
-                ("rules", f"k = {self.k:g} SE (bias, rounding error), baseline 95% Wilson interval "
+                ("rules", f"k = {k:g} SE (bias, rounding error), baseline 95% Wilson interval "
                           f"(underflow), 0 -> >0 (non-finite), x{self.throughput_factor:g} (throughput)"),
                 ("timings", f"{timing} ({where})")]
 
-    def render(self, fmt: str = "table") -> str:
-        """The report as ``"table"``, ``"markdown"`` or ``"json"`` (see ``render.comparison``)."""
+    def render(self, fmt: str = "text") -> str:
+        """The report as ``"text"``, ``"markdown"`` or ``"json"`` (see ``render.comparison``)."""
         return render.comparison(self, fmt)
 
 
@@ -163,8 +164,7 @@ def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 def _f(row: dict, key: str) -> float:
     try:
-        v = row.get(key)
-        return float("nan") if v is None else float(v)
+        return float(row.get(key))  # None: TypeError
     except (TypeError, ValueError):
         return float("nan")
 
@@ -208,15 +208,14 @@ def _repeat_floor(se: float, stats: RawStats | None) -> float:
     return max(se, stats.bias_se) if math.isfinite(se) else stats.bias_se
 
 
-def _rule_se(cell, metric, base, new, *, k, raw, **_) -> Change:
+def _rule_se(cell, metric, base, new, *, se_threshold, raw, **_) -> Change:
     b, n = _f(base, metric), _f(new, metric)
     rb, rn = raw
     if metric == "bias":
         se_b, se_n = _repeat_floor(_f(base, "bias_se"), rb), _repeat_floor(_f(new, "bias_se"), rn)
         no_se = "no standard error"
     else:
-        se_b = rb.rounding_se if rb is not None else float("nan")
-        se_n = rn.rounding_se if rn is not None else float("nan")
+        se_b, se_n = (r.rounding_se if r is not None else math.nan for r in raw)
         no_se = "no standard error: no raw rows"
     if not (math.isfinite(b) and math.isfinite(n)):
         why = "no finite estimate in " + ("either run" if not (math.isfinite(b) or math.isfinite(n))
@@ -227,7 +226,7 @@ def _rule_se(cell, metric, base, new, *, k, raw, **_) -> Change:
     scales = [r.scale for r in raw if r is not None and math.isfinite(r.scale)]
     floor = _floor(cell["dtype"], float(np.mean(scales)) if scales else float("nan"), b, n)
     se = max(math.sqrt(se_b**2 + se_n**2), floor)
-    delta = n - b
+    delta, k = n - b, se_threshold
     rule = f"|change| {'>' if abs(delta) > k * se else '<='} {k:g} x SE {se:.3g}"
     if abs(delta) <= k * se:
         return Change(cell, metric, b, n, delta, OK, rule, se)
@@ -255,38 +254,31 @@ def _rule_factor(cell, metric, base, new, *, throughput_factor, timings_judged, 
 RULES = {"wilson": _rule_wilson, "appears": _rule_appears, "se": _rule_se, "factor": _rule_factor}
 
 
-def judge_cell(cell: dict, base: dict, new: dict, *, k: float, throughput_factor: float,
+def judge_cell(cell: dict, base: dict, new: dict, *, se_threshold: float, throughput_factor: float,
                timings_judged: bool, min_time: float = 0.0,
                raw: tuple[RawStats | None, RawStats | None] = (None, None)) -> list[Change]:
     """The verdicts on one cell's judged metrics (rows of cells.csv as dicts). A metric that
     was a number in the baseline and is none in the new run is a regression, whatever its rule."""
     out = []
     for m in JUDGED:
-        if m.rule == "factor" and not timings_judged:
-            lost = False  # timings of other hardware are not judged at all
-        else:
-            lost = math.isfinite(_f(base, m.name)) and math.isnan(_f(new, m.name))
-        if lost:
+        judged = m.rule != "factor" or timings_judged  # timings of other hardware are not judged at all
+        if judged and math.isfinite(_f(base, m.name)) and math.isnan(_f(new, m.name)):
             out.append(Change(cell, m.name, _f(base, m.name), _f(new, m.name), None, REGRESSION,
                               "a number in the baseline, none in the new run"))
         else:
-            out.append(RULES[m.rule](cell, m.name, base, new, k=k, throughput_factor=throughput_factor,
-                                     timings_judged=timings_judged, min_time=min_time, raw=raw))
+            out.append(RULES[m.rule](cell, m.name, base, new, se_threshold=se_threshold, raw=raw,
+                                     throughput_factor=throughput_factor, timings_judged=timings_judged,
+                                     min_time=min_time))
     return out
 
 
 # ---------------------------------------------------------------------- two runs
 
 
-def _rows(run: Run) -> dict[Cell, dict]:
-    return {Cell.of(r): r for r in run.cells.to_dict("records")}
-
-
 def _other(r: dict | None, which: str) -> str:
     if r is None:
         return f"absent from the {which} run"
-    reason = r.get("reason")
-    reason = "" if reason is None or (isinstance(reason, float) and math.isnan(reason)) else f": {reason}"
+    reason = "" if pd.isna(r.get("reason")) else f": {r['reason']}"
     return f"{r.get('status')} in the {which} run{reason}"
 
 
@@ -311,13 +303,10 @@ def _notes(base: Run, new: Run, mismatches: list[str], same_executor: bool,
     return notes
 
 
-USABLE_STATUS = ("complete", "failed")  # a run whose every cell ran (failed cells are judged as such)
-
-
 def _check_usable(run: Run, which: str) -> None:
     """CompareError (exit 2) unless compare can judge the run: finished, its judged metric
     columns present, every row a cell."""
-    if run.meta.status not in USABLE_STATUS:
+    if run.meta.status not in ("complete", "failed"):  # every cell ran (failed ones are judged as such)
         raise CompareError(f"the {which} run {run.root} is {run.meta.status!r}, not complete: continue it "
                            f"with `lvm-bench run --resume --out {run.root}` before comparing")
     table = pd.read_csv(run.root / "cells.csv")  # as written: load_run drops rows it cannot place
@@ -326,24 +315,24 @@ def _check_usable(run: Run, which: str) -> None:
         raise CompareError(f"{run.root / 'cells.csv'} lacks the judged metric column(s) "
                            f"{', '.join(lacking)}: not a table compare can judge (rewrite it with "
                            "`lvm-bench run --resume`)")
-    bad = table[table[list(PARAM_NAMES)].isna().any(axis=1)]
+    bad = table[table[list(AXES)].isna().any(axis=1)]
     if len(bad):
         raise CompareError(f"{run.root / 'cells.csv'}: {len(bad)} row(s) lack a cell coordinate (row "
                            f"{int(bad.index[0]) + 2} of the file): a truncated or edited table")
 
 
-def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.0,
-                 throughput_factor: float = 1.25, min_time: float = MIN_TIME) -> Comparison:
+def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, se_threshold: float = SE_THRESHOLD,
+                 throughput_factor: float = THROUGHPUT_FACTOR, min_time: float = MIN_TIME) -> Comparison:
     """Compare two run directories (see the module docstring for the rules)."""
-    if not (isinstance(k, (int, float)) and math.isfinite(k) and k > 0):
-        raise CompareError(f"k={k!r}; accepted: a positive number of standard errors")
+    if not (isinstance(se_threshold, (int, float)) and math.isfinite(se_threshold) and se_threshold > 0):
+        raise CompareError(f"se_threshold={se_threshold!r}; accepted: a positive number of standard errors")
     if not (isinstance(throughput_factor, (int, float)) and math.isfinite(throughput_factor)
             and throughput_factor >= 1):
         raise CompareError(f"throughput_factor={throughput_factor!r}; accepted: a number >= 1")
     base, new = load_run(baseline_dir), load_run(new_dir)
-    for run, which in ((base, "baseline"), (new, "new")):
-        _check_usable(run, which)
-    base_rows, new_rows = _rows(base), _rows(new)
+    for r, which in ((base, "baseline"), (new, "new")):
+        _check_usable(r, which)
+    base_rows, new_rows = ({Cell.of(r): r for r in x.cells.to_dict("records")} for x in (base, new))
 
     def ok(r: dict | None) -> bool:
         return r is not None and r.get("status") == "ok"
@@ -355,11 +344,9 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
         raise CompareError(f"no common cells: no cell was measured in both {baseline_dir} "
                            f"({sum(map(ok, base_rows.values()))} measured) and {new_dir} "
                            f"({sum(map(ok, new_rows.values()))} measured); {why}")
-    hw_b, hw_n = base.meta.hardware, new.meta.hardware
     mismatches = identity_mismatches(base.meta, new.meta)
-    hardware_match = not mismatches
     same_executor = base.meta.executor == new.meta.executor
-    timings_judged = hardware_match and same_executor
+    timings_judged = not mismatches and same_executor
     notes = _notes(base, new, mismatches, same_executor, config_diff)
     stats_b, stats_n = raw_stats(base.raw), raw_stats(new.raw)
     if stats_b is None or stats_n is None:
@@ -367,7 +354,7 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
     rows: list[Change] = []
     for c in common:
         raw = (stats_b.get(c) if stats_b else None, stats_n.get(c) if stats_n else None)
-        rows += judge_cell(c.axes(), base_rows[c], new_rows[c], k=k,
+        rows += judge_cell(c.axes(), base_rows[c], new_rows[c], se_threshold=se_threshold,
                            throughput_factor=throughput_factor, timings_judged=timings_judged,
                            min_time=min_time, raw=raw)
     only_b, only_n = [], []
@@ -384,23 +371,28 @@ def compare_runs(baseline_dir: str | Path, new_dir: str | Path, *, k: float = 4.
             only_n.append({**c.axes(), "other": _other(base_rows.get(c), "baseline")})
     not_measured = sum(1 for c in set(base_rows) & set(new_rows)
                        if not ok(base_rows[c]) and not ok(new_rows[c]))
-    return Comparison(str(baseline_dir), str(new_dir), float(k), float(throughput_factor), hardware_match,
-                      timings_judged, rows, only_b, only_n, not_measured, notes,
-                      {"baseline": hw_b, "new": hw_n}, hardware_mismatches=mismatches)
+    hardware = {"baseline": base.meta.hardware, "new": new.meta.hardware}
+    return Comparison(str(baseline_dir), str(new_dir), float(se_threshold), float(throughput_factor),
+                      not mismatches, timings_judged, rows, only_b, only_n, not_measured, notes, hardware,
+                      hardware_mismatches=mismatches)
 
 
-def main(args) -> int:
-    """The `compare` subcommand: print (and optionally write) the report; return the exit code."""
-    comp = compare_runs(args.baseline, args.new, k=args.k, throughput_factor=args.throughput_factor,
-                        min_time=args.min_time)
-    text = comp.render(args.format)
+def run(baseline: str | Path, new: str | Path, *, se_threshold: float = SE_THRESHOLD,
+        throughput_factor: float = THROUGHPUT_FACTOR, min_time: float = MIN_TIME, fmt: str = "text",
+        out: str | Path | None = None) -> int:
+    """The `compare` verb: print the report in ``fmt`` (text, markdown, json), also write it to
+    ``out``, and say the summary on stderr; return the exit code (0, or 1 on a regression)."""
+    if fmt not in ("text", "markdown", "json"):
+        raise CompareError(f"fmt={fmt!r}; accepted: text, markdown, json")
+    comp = compare_runs(baseline, new, se_threshold=se_threshold, throughput_factor=throughput_factor,
+                        min_time=min_time)
+    text = comp.render(fmt)
     sys.stdout.write(text)
-    if args.output:
-        out = Path(args.output)
+    if out is not None:
         try:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(text)
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text)
         except OSError as e:
-            raise CompareError(f"--output {out}: cannot write ({e.strerror})") from e
+            raise CompareError(f"--out {out}: cannot write ({e.strerror})") from e
     print(f"lvm-bench compare: {comp.summary()}", file=sys.stderr)
     return comp.exit_code

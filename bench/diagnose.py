@@ -15,11 +15,13 @@ A setting is **safe** when none of its estimates underflowed or overflowed and i
 error is below its Monte Carlo error: rounding then moves the answer less than drawing other
 samples would. The recommendation is the safe setting that took the least time here, timed
 end to end as a user calls it. Where it is cheap (K ≤ 2) the estimates are also held against
-quadrature ground truth.
+quadrature ground truth. :func:`run` is the verb: the table as text, markdown or JSON, and with
+``expect`` an exit code for CI (0 safe, 1 not).
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,15 +31,16 @@ import pandas as pd
 import torch
 
 from bench.report.render import fmt_num, fmt_pct, table
-from bench.run.config import ESTIMATORS, estimator_spec
+from bench.run.config import estimator_spec
 from bench.run.environment import cpu_capability
 from lvm import sources
+from lvm.axes import AUTOCAST_DTYPES, DTYPES, ESTIMATORS, LEVELS, PRECISIONS
 from lvm.errors import InputError, check_int
 from lvm.estimators import CHUNK, Draws
-from lvm.numerics import DTYPES, dtype_facts
+from lvm.numerics import dtype_facts
 from lvm.reference import log_marginal
 from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
-from lvm.shared import AUTOCAST_DTYPES, PRECISIONS, estimate, evaluate
+from lvm.shared import estimate, evaluate
 
 DEFAULT_N = 1000
 TIME_TIE = 1.1  # settings within 10% of the fastest count as equally fast
@@ -109,7 +112,13 @@ class Diagnosis:
                 "rows": [asdict(r) | {"setting": r.setting} for r in self.rows],
                 "recommendation": rec.setting if rec else None}
 
-    def text(self) -> str:
+    def render(self, fmt: str = "text") -> str:
+        """The verdict table as ``"text"`` (a terminal), ``"markdown"`` (a pull-request comment)
+        or ``"json"`` (:meth:`to_json`)."""
+        if fmt == "json":
+            return json.dumps(self.to_json(), indent=2)
+        if fmt not in ("text", "markdown"):
+            raise InputError(f"--format {fmt!r}; accepted: text, markdown, json")
         rows = pd.DataFrame([{
             "dtype": r.dtype, "estimator": r.estimator, "precision": r.precision, "N": str(r.n_samples),
             "safe": "yes" if r.safe else "NO", "−∞": fmt_pct(r.underflow), "NaN/+∞": fmt_pct(r.overflow),
@@ -129,6 +138,9 @@ class Diagnosis:
                     f"estimate of {self.n_data} digits at N = {rec.n_samples}): its rounding error "
                     f"{fmt_num(rec.rounding_error)} nats stays below its Monte Carlo error "
                     f"{fmt_num(rec.mc_se)}.")
+        if fmt == "markdown":
+            rows = rows.rename(columns=lambda c: c.replace("|", "\\|"))  # table() escapes only cells
+            return "\n".join([f"### {head}", "", table(rows, "markdown"), "", tail])
         return "\n".join([head, "", table(rows, "text"), "", tail])
 
 
@@ -154,8 +166,8 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
              estimators=tuple(ESTIMATORS), precisions=PRECISIONS, n_samples=(DEFAULT_N,), seed: int = 0,
              truth: bool | None = None, cache_dir=None, threads: int | None = None) -> Diagnosis:
     """The verdict table of one model; ``truth=None`` checks against quadrature when K <= 2."""
-    dtypes = _choices("--dtype", dtypes, DTYPES)
-    precisions = _choices("--precision", precisions, PRECISIONS)
+    dtypes = _choices("--dtype", dtypes, LEVELS["dtype"])
+    precisions = _choices("--precision", precisions, LEVELS["precision"])
     specs = {e: estimator_spec(e) for e in estimators}
     ns = [check_int("--n-samples", n, minimum=1) for n in n_samples]
     n_data = check_int("--n-data", n_data, minimum=1)
@@ -170,19 +182,19 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
     method = "quadrature" if model.latent_dim <= QUADRATURE_K else "importance"
     keep_temporaries_on_heap()  # timings as the sweep takes them
     with set_torch_threads(threads or torch.get_num_threads()):
-        ref = None
+        truth_px = None  # ground truth log p(x) per digit
         if truth or (truth is None and method == "quadrature"):
-            ref = log_marginal(model, x, method, seed=seed, cache_dir=cache_dir).log_px.numpy()
+            truth_px = log_marginal(model, x, method, seed=seed, cache_dir=cache_dir).log_px.numpy()
         rows = []
         for n in ns:
-            rows += _rows(model, x, n, seed, dtypes, specs, precisions, ref)
+            rows += _rows(model, x, n, seed, dtypes, specs, precisions, truth_px)
     return Diagnosis(sources.parse_model(model_spec).label, dict(dataset.identity), rows,
-                     None if ref is None else method, n_data,
+                     None if truth_px is None else method, n_data,
                      {"cpu_capability": cpu_capability(), "torch": torch.__version__,
                       "threads": torch.get_num_threads()})
 
 
-def _rows(model, x, n, seed, dtypes, specs, precisions, ref) -> list[Verdict]:
+def _rows(model, x, n, seed, dtypes, specs, precisions, truth_px) -> list[Verdict]:
     f64 = evaluate(model, x, n, dtype="float64", estimators={"r": ESTIMATORS["log_space"]}, seed=seed)
     replay_est = next(iter(f64.values()))
     replay = replay_est.log_px.numpy()
@@ -203,16 +215,16 @@ def _rows(model, x, n, seed, dtypes, specs, precisions, ref) -> list[Verdict]:
                 estimate(model, x, n, spec, dtype=dt, seed=seed, precision=prec)
                 seconds = time.perf_counter() - t0
                 out.append(_verdict(dt, name, prec, n, est.log_px.numpy(), replay, mc_se, below[dt], seconds,
-                                    ref))
+                                    truth_px))
     return out
 
 
-def _verdict(dt, name, prec, n, v, replay, mc_se, below, seconds, ref) -> Verdict:
+def _verdict(dt, name, prec, n, v, replay, mc_se, below, seconds, truth_px) -> Verdict:
     under = float(np.mean(v == -math.inf))
     over = float(np.mean(np.isnan(v) | (v == math.inf)))
     fin = np.isfinite(v)
     rounding = float(np.mean(np.abs(v[fin] - replay[fin]))) if fin.any() else math.inf
-    truth_err = float(np.mean(np.abs(v[fin] - ref[fin]))) if ref is not None and fin.any() else None
+    truth_err = float(np.mean(np.abs(v[fin] - truth_px[fin]))) if truth_px is not None and fin.any() else None
     why = []
     if under:
         why.append(f"{fmt_pct(under)} of estimates −∞ ({fmt_pct(below)} of log p(x|z) below {dt}'s floor "
@@ -227,3 +239,16 @@ def _verdict(dt, name, prec, n, v, replay, mc_se, below, seconds, ref) -> Verdic
         why.append(f"rounding {fmt_num(rounding)} < Monte Carlo s.e. {fmt_num(mc_se)} nats")
     return Verdict(dt, name, prec, n, under, over, below, rounding, mc_se, seconds, truth_err, safe,
                    "; ".join(why))
+
+
+def run(model: str, *, data: str = "mnist-5k", n_data: int = 32, dtypes=tuple(DTYPES),
+        estimators=tuple(ESTIMATORS), precisions=PRECISIONS, n_samples=(DEFAULT_N,), seed: int = 0,
+        truth: bool | None = None, cache_dir=None, fmt: str = "text", expect: str | None = None) -> int:
+    """The `diagnose` verb: print the verdict table in ``fmt``; return 0, or with ``expect``
+    (``DTYPE/ESTIMATOR[/PRECISION]``) 0 when that setting is safe at every N and 1 when not."""
+    if fmt not in ("text", "markdown", "json"):
+        raise InputError(f"--format {fmt!r}; accepted: text, markdown, json")
+    result = diagnose(model, data=data, n_data=n_data, dtypes=dtypes, estimators=estimators,
+                      precisions=precisions, n_samples=n_samples, seed=seed, cache_dir=cache_dir, truth=truth)
+    print(result.render(fmt))
+    return 0 if expect is None or result.verdict(expect) else 1

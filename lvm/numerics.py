@@ -14,14 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .axes import DTYPES
 from .errors import InputError
-
-DTYPES: dict[str, torch.dtype] = {
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "float32": torch.float32,
-    "float64": torch.float64,
-}
 
 
 def parse_dtype(dtype: str | torch.dtype, *, argument: str = "dtype") -> torch.dtype:

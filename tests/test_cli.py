@@ -23,6 +23,13 @@ def test_help_does_not_import_torch_or_pandas():
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_run_has_a_flag_for_every_axis_in_grid_order():
+    from lvm.axes import AXES
+
+    assert tuple(bench.cli.AXIS_FLAGS) == AXES  # written out there: lvm.axes imports torch
+    assert all(flag == axis.replace("_", "-") for axis, flag in bench.cli.AXIS_FLAGS.items())
+
+
 def test_input_error_exits_2_with_its_message(monkeypatch, capsys):
     def bad(args):
         raise InputError("--thing 'x' is invalid; accepted: y")

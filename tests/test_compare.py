@@ -90,11 +90,11 @@ def _label(r) -> str:
 # ------------------------------------------------------------------ end to end
 
 
-@pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
+@pytest.mark.parametrize("fmt", ["text", "markdown", "json"])
 def test_same_run_exits_0(runs, fmt, tmp_path, capsys):
     out = tmp_path / f"report.{fmt}"
     assert main(["compare", str(runs["base"]), str(runs["base"]), "--format", fmt,
-                 "--output", str(out), "--min-time", "0"]) == 0
+                 "--out", str(out), "--min-time", "0"]) == 0
     text = capsys.readouterr().out
     assert out.read_text() == text
     n = len(_ok_cells(runs["base"]))
@@ -274,11 +274,11 @@ def test_bad_input_exits_2(runs, tmp_path, capsys, case, message):
 
 
 def test_bad_options_exit_2(runs, capsys):
-    assert main(["compare", str(runs["base"]), str(runs["base"]), "--k", "0"]) == 2
+    assert main(["compare", str(runs["base"]), str(runs["base"]), "--se-threshold", "0"]) == 2
     assert "accepted: a positive number" in capsys.readouterr().err
     assert main(["compare", str(runs["base"]), str(runs["base"]), "--throughput-factor", "0.5"]) == 2
     with pytest.raises(CompareError):
-        compare_runs(runs["base"], runs["base"], k=float("nan"))
+        compare_runs(runs["base"], runs["base"], se_threshold=float("nan"))
 
 
 def test_rounding_error_not_judged_without_raw_rows(runs, tmp_path):
@@ -302,7 +302,7 @@ def test_markdown_fits_a_pull_request_comment():
     md = comp.render("markdown")
     assert len(md) < 65_536
     assert "#### Regressions (3000)" in md and "more rows left out to fit a comment" in md
-    assert comp.render("table").count("N=2999 ") == 2  # the terminal keeps everything
+    assert comp.render("text").count("N=2999 ") == 2  # the terminal keeps everything
 
 
 # ------------------------------------------------------------------ the rules, one by one
@@ -317,7 +317,7 @@ EXACT = (RawStats(0.0, float("nan"), 550.0), RawStats(0.0, float("nan"), 550.0))
 
 
 def _verdicts(new: dict, base: dict = BASE, raw=EXACT, **kw) -> dict:
-    kw = {"k": 4.0, "throughput_factor": 1.25, "timings_judged": True} | kw
+    kw = {"se_threshold": 4.0, "throughput_factor": 1.25, "timings_judged": True} | kw
     return {c.metric: c for c in judge_cell(CELL, base, {**base, **new}, raw=raw, **kw)}
 
 
@@ -341,7 +341,7 @@ def test_rule_bias_k_standard_errors_of_the_difference():
     assert _verdicts({"bias": -0.05 - 3.9 * se})["bias"].verdict == OK
     v = _verdicts({"bias": -0.05 - 4.1 * se})["bias"]
     assert v.verdict == REGRESSION and v.se == pytest.approx(se)
-    assert _verdicts({"bias": -0.05 - 3 * se}, k=2)["bias"].verdict == REGRESSION
+    assert _verdicts({"bias": -0.05 - 3 * se}, se_threshold=2)["bias"].verdict == REGRESSION
     assert _verdicts({"bias": -0.05 + 4.5 * se})["bias"].verdict == IMPROVEMENT  # closer to 0
     # a number before, none now (every estimate underflowed, or a broken table): a regression
     v = _verdicts({"bias": float("nan")})["bias"]

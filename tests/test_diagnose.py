@@ -9,6 +9,7 @@ import pytest
 
 from bench.cli import main
 from bench.diagnose import diagnose
+from lvm.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +34,20 @@ def test_rows_cover_every_setting_and_judge_them(result):
     assert rec.seconds <= 1.1 * min(r.seconds for r in result.rows if r.safe)
 
 
-def test_json_and_text_forms(result):
+def test_json_text_and_markdown_forms(result):
     j = result.to_json()
     assert j["recommendation"] == result.recommendation.setting and len(j["rows"]) == len(result.rows)
-    json.dumps(j)  # plain JSON
-    text = result.text()
+    assert json.loads(result.render("json")) == json.loads(json.dumps(j))  # plain JSON
+    text = result.render("text")
     assert "Recommendation:" in text and "float16" in text and "NO" in text
+    md = result.render("markdown").splitlines()
+    assert md[0].startswith("### lvm-bench diagnose: prior-iwae-k2") and md[-1].startswith("Recommendation:")
+    table = [line for line in md if line.startswith("|")]
+    assert len(table) == 2 + len(result.rows)  # header, rule, one row per setting
+    assert "\\|error\\| vs truth" in table[0]  # a | in a column name would split the column
+    assert {line.count(" | ") for line in table[2:]} == {table[0].count(" | ")}  # rows as wide as the header
+    with pytest.raises(InputError, match="accepted: text, markdown, json"):
+        result.render("table")
 
 
 @pytest.mark.parametrize(("expect", "code"), [("float64/log_space/cast", 0), ("float16/prob_space/cast", 1),

@@ -23,11 +23,12 @@ import pandas as pd
 import torch
 
 import lvm
-from bench.run.config import PARAM_NAMES, PARAMETRIZATIONS, Cell, Config, estimator_spec
+from bench.run.config import Cell, Config, estimator_spec
 from bench.run.metrics import summarize
 from bench.run.store import RunError
 from bench.run.timing import Measurement, PeakMemory, autorange, estimate_flop, timed
 from lvm import sources, zoo
+from lvm.axes import AXES, PARAMETRIZATIONS
 from lvm.encoder import has_encoder
 from lvm.errors import InputError
 from lvm.estimators import CHUNK
@@ -339,7 +340,7 @@ def _tables(cell: Cell, ests: list[lvm.Estimate], replay: np.ndarray, truth: dic
            "peak_memory_mb": timing.peak_bytes / 2**20, "timed_model": timing.model,
            "host": platform.node()}
     raw = pd.DataFrame({
-        **{p: [getattr(cell, p)] * (B * R) for p in PARAM_NAMES},
+        **{p: [getattr(cell, p)] * (B * R) for p in AXES},
         "repeat": np.repeat(np.arange(R), B),
         "datapoint": np.tile(np.arange(B), R),
         "estimate": values.ravel(), "replay_float64": replay.ravel(),

@@ -19,47 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from lvm import sources, zoo
+from lvm.axes import (
+    AXES,
+    AXIS_DEFAULTS,
+    DEVICES,
+    DTYPES,
+    ESTIMATORS,
+    OUTSIDE,
+    PARAMETRIZATIONS,
+    PRECISIONS,
+    PROPOSALS,
+)
 from lvm.errors import InputError
-from lvm.numerics import DTYPES
 
-PARAM_NAMES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device", "precision",
-               "proposal")
-
-# Estimator variants, as levels of the `estimator` axis. acc32 only exists where
-# it differs from plain log space: below float32.
-ESTIMATORS = {
-    "prob_space": {"space": "prob", "form": "product", "accumulate": None},
-    "prob_space_exp": {"space": "prob", "form": "exp", "accumulate": None},
-    "log_space": {"space": "log", "form": None, "accumulate": None},
-    "log_space_acc32": {"space": "log", "form": None, "accumulate": "float32"},
-}
-OUTSIDE = {"space": "outside", "form": None, "accumulate": None}  # an estimator of lvm.sources
-PARAMETRIZATIONS = ("logits", "probs")
-PRECISIONS = ("cast", "autocast")  # lvm.shared.policy: cast the model, or torch.autocast it
-PROPOSALS = ("prior", "encoder")  # lvm.shared: draws from p(z), or from the model's trained q(z|x)
+# The axes and their levels are lvm.axes' (imported here also for this module's callers).
+PARAM_NAMES = AXES  # the older spelling of lvm.axes.AXES (asv's param_names), kept for its callers
 CAP_JOIN = "+"  # limits.max_n_samples."float16+encoder": a cap on the cells at both levels
 MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
-DEVICES = ("cpu", "cuda", "mps")
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
     "run": {"name": str, "seed": int, "dataset": str, "split": str, "n_data": int, "repeats": int,
             "warmup": int, "time_budget": float, "reference": str, "reference_samples": int,
             "reference_se": float, "threads": int},
-    "grid": {k: list for k in PARAM_NAMES},
+    "grid": {k: list for k in AXES},
     "limits": {"max_n_samples": dict, "reasons": dict},
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {"name": "run", "seed": 0, "dataset": "mnist-5k", "split": "test", "n_data": 32,
             "repeats": 5, "warmup": 1, "time_budget": 0.25, "reference": "auto", "reference_samples": 20480,
             "reference_se": 1e-3, "threads": 1},
-    "grid": {"precision": ["cast"], "proposal": ["prior"]},
+    "grid": {axis: [level] for axis, level in AXIS_DEFAULTS.items()},
     "limits": {"max_n_samples": {}, "reasons": {}},
 }
-
-
-# Axes added after runs were committed: a row without them, and a key that does not name them,
-# is at their first level.
-AXIS_DEFAULTS = {"precision": "cast", "proposal": "prior"}
 
 
 class ConfigError(InputError):
