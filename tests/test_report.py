@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.report.figures import FIGURE_STEMS
+from bench.report.figures import MAIN
 from bench.report.findings import (
     finding_log_underflow,
     finding_loglik,
@@ -28,12 +28,12 @@ from bench.report.findings import (
 )
 from bench.report.page import write_report
 from bench.report.render import fmt_num, fmt_pct
-from bench.report.sections.theory import STEM as THEORY_STEM
 from bench.run.store import Run, RunError, load_run
 from lvm.numerics import dtype_facts
 
-# what a run with raw estimates and no autocast cell draws (Figure 8 needs autocast cells)
-DRAWN = (*FIGURE_STEMS, THEORY_STEM)
+MAIN_STEMS = tuple(p.stem for p in MAIN)
+# what a run with raw estimates and neither autocast nor encoder cells draws, in order
+DRAWN = (*MAIN_STEMS, "fig9_theory")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -203,7 +203,7 @@ def test_partial_run_reports_what_is_missing(run_dir, tmp_path):
     assert "meta.json has no format_version (an older results format)" in md
     assert "Not drawn: the run has no k2.npz (Figure 7's arrays)" in md
     figs = {p.stem for p in (run / "figures").glob("*.png")}
-    assert figs == set(FIGURE_STEMS) - {"fig4_loglik", "fig7_k2"}
+    assert figs == set(MAIN_STEMS) - {"fig4_loglik", "fig7_k2"}
     assert "Probability space (prob_space)" in md  # the rest is still reported
 
 
