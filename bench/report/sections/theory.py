@@ -238,8 +238,6 @@ def finding_delta(run: Run) -> Finding | None:
     return Finding(text + ".", nums)
 
 
-
-
 # ----------------------------------------------------------------------------- figure
 
 
