@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
+import html
 import json
 import os
 import re
@@ -17,7 +19,7 @@ import pytest
 from PIL import Image
 
 from bench.cli import main
-from bench.report.figures import FIGURE_STEMS
+from bench.report.figures import FIGURES, MAIN, listed
 from bench.report.findings import (
     finding_log_underflow,
     finding_loglik,
@@ -28,12 +30,15 @@ from bench.report.findings import (
 )
 from bench.report.page import write_report
 from bench.report.render import fmt_num, fmt_pct
-from bench.report.sections.theory import STEM as THEORY_STEM
+from bench.report.sections import SECTIONS, precision, proposal
+from bench.run.config import AXIS_DEFAULTS
 from bench.run.store import Run, RunError, load_run
 from lvm.numerics import dtype_facts
 
-# what a run with raw estimates and no autocast cell draws (Figure 8 needs autocast cells)
-DRAWN = (*FIGURE_STEMS, THEORY_STEM)
+ROOT = Path(__file__).resolve().parents[1]
+MAIN_STEMS = tuple(p.stem for p in MAIN)
+# what a run with raw estimates and neither autocast nor encoder cells draws, in order
+DRAWN = (*MAIN_STEMS, "fig9_theory")
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -203,7 +208,7 @@ def test_partial_run_reports_what_is_missing(run_dir, tmp_path):
     assert "meta.json has no format_version (an older results format)" in md
     assert "Not drawn: the run has no k2.npz (Figure 7's arrays)" in md
     figs = {p.stem for p in (run / "figures").glob("*.png")}
-    assert figs == set(FIGURE_STEMS) - {"fig4_loglik", "fig7_k2"}
+    assert figs == set(MAIN_STEMS) - {"fig4_loglik", "fig7_k2"}
     assert "Probability space (prob_space)" in md  # the rest is still reported
 
 
@@ -301,3 +306,97 @@ def test_k_findings_follow_the_cells(tiny_run, tmp_path):
     bias = finding_k_bias(run)  # an unresolved bias is named as such, never quoted as a number
     assert bias.numbers == {"untrained.k8": -0.5}
     assert "unresolved at K = 2" in bias.sentence and "at K = 8" in bias.sentence
+
+
+# ----------------------------------------------------------------------------- the registry
+
+
+FIGURE_HEADINGS = re.compile(r"^### Figure (\d+)\. (.+)\n\n(?:!\[(.+)\]\(figures/(\w+)\.png\)|\*Not drawn)",
+                             re.M)
+
+
+def _captions(md: str) -> list[tuple[int, str, str | None, str | None]]:
+    """(number, heading title, image title, image stem) of every figure of a report.md in order."""
+    return [(int(n), t, alt or None, stem or None) for n, t, alt, stem in FIGURE_HEADINGS.findall(md)]
+
+
+def _check_captions(md: str, run: Run) -> dict[str, int]:
+    """Every figure heading of ``md`` numbers the figure below it by its position in the run's
+    list, and names that figure's own title; return the numbers by stem."""
+    plots = listed(run)
+    caps = _captions(md)
+    assert [n for n, *_ in caps] == list(range(1, len(plots) + 1))
+    for (n, title, alt, stem), plot in zip(caps, plots, strict=True):
+        assert title == plot.title and alt in (None, plot.title) and stem in (None, plot.stem), (n, stem)
+    return {p.stem: i for i, p in enumerate(plots, 1)}
+
+
+def test_captions_number_each_image_by_its_own_figure(report):
+    """A run without autocast (or encoder) cells lists the main figures and the theory figure: the
+    file keeps its name, fig9_theory.png, and the caption above it reads Figure 8, in report.md and
+    report.html alike."""
+    run = load_run(report)
+    assert not (run.cells["precision"] != "cast").any()
+    md = (report / "report.md").read_text()
+    numbers = _check_captions(md, run)
+    assert list(numbers) == list(DRAWN) and numbers["fig9_theory"] == 8
+    assert ("### Figure 8. Theory against measurement\n\n"
+            "![Theory against measurement](figures/fig9_theory.png)") in md
+    page = (report / "report.html").read_text()
+    heads = re.findall(r'<h3>Figure (\d+)\. ([^<]+)</h3>\n<figure><img alt="([^"]+)"', page)
+    want = [(i, p.title) for i, p in enumerate(listed(run), 1)]
+    assert [(int(n), html.unescape(t)) for n, t, _ in heads] == want
+    assert all(t == alt for _, t, alt in heads)
+
+
+@pytest.mark.parametrize(("name", "theory_number"), [("baseline", 9), ("full", 8)])
+def test_committed_reports_number_figures_as_the_registry_does(name, theory_number):
+    """results/baseline has autocast and encoder cells (ten figures); results/full neither (eight)."""
+    root = ROOT / "results" / name
+    numbers = _check_captions((root / "report.md").read_text(), load_run(root))
+    assert numbers["fig9_theory"] == theory_number
+    assert set(numbers) == {p.stem for p in FIGURES if p.compares is None or name == "baseline"}
+
+
+def test_registry_names_each_section_and_figure_once():
+    stems = [p.stem for p in FIGURES]
+    assert len(set(stems)) == len(stems) == len(MAIN) + len(SECTIONS)
+    assert {s.stem for s in SECTIONS} <= set(stems)
+    for s in SECTIONS:
+        assert s.plot in FIGURES and (s.compares is None or s.compares in AXIS_DEFAULTS), s.stem
+    names = [t.name for s in SECTIONS for t in s.tables]
+    assert len(set(names)) == len(names) and "summary" not in names
+
+
+@pytest.fixture(scope="module")
+def baseline() -> Run:
+    return load_run(ROOT / "results" / "baseline")
+
+
+def test_run_at_keeps_the_axes_asked_for_and_narrows_the_rest(baseline):
+    ok = baseline.cells[baseline.cells["status"] == "ok"]
+    assert baseline.at().equals(baseline.ok)
+    assert baseline.at("precision", "proposal").equals(ok)
+    for axis, other in (("precision", "proposal"), ("proposal", "precision")):
+        cells = baseline.at(axis)
+        assert cells[axis].nunique() > 1 and set(cells[other]) == {AXIS_DEFAULTS[other]}
+        assert len(cells) == (ok[other] == AXIS_DEFAULTS[other]).sum()
+    raw = baseline.at("proposal", frame=baseline.raw)
+    assert set(raw["precision"]) == {"cast"} and set(raw["proposal"]) == {"prior", "encoder"}
+    with pytest.raises(ValueError, match="likelihood is not an axis with a default level"):
+        baseline.at("likelihood")
+
+
+def test_a_new_axis_is_narrowed_to_its_default_by_its_entry_alone(baseline, monkeypatch):
+    """A third axis in AXIS_DEFAULTS: the sections' tables read its default level only, with no
+    change to them; cells at another level (here with every metric doubled) change nothing."""
+    before = {"precision": precision.table(baseline), "proposal": proposal.table(baseline)}
+    cells = baseline.cells.assign(likelihood="bernoulli")
+    other = cells.assign(likelihood="gaussian", underflow_rate=cells["underflow_rate"] / 2,
+                         ess=cells["ess"] * 2, bias=cells["bias"] * 2)
+    monkeypatch.setitem(AXIS_DEFAULTS, "likelihood", "bernoulli")
+    run = dataclasses.replace(baseline, cells=pd.concat([cells, other], ignore_index=True))
+    assert set(run.at("likelihood")["likelihood"]) == {"bernoulli", "gaussian"}
+    assert set(run.at("precision")["likelihood"]) == {"bernoulli"}
+    pd.testing.assert_frame_equal(precision.table(run), before["precision"])
+    pd.testing.assert_frame_equal(proposal.table(run), before["proposal"])

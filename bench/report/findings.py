@@ -2,7 +2,8 @@
 
 Each ``finding_*`` takes a :class:`bench.run.store.Run` and returns a :class:`Finding` (the
 sentence and the numbers it was made from) or None when the run lacks what it needs; the
-helpers and frames they rest on live in :mod:`bench.report.analysis`.
+helpers and frames they rest on live in :mod:`bench.report.analysis`. The sections' findings
+(:data:`bench.report.sections.SECTIONS`) come after the run's own, in the sections' order.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pandas as pd
 
 from bench.report.analysis import Finding, order, pooled, throughput
 from bench.report.render import fmt_num, fmt_pct, fmt_rate, join, plural
-from bench.report.sections import precision, proposal, theory
+from bench.report.sections import SECTIONS
 from bench.run.store import Run
 from lvm.numerics import DTYPES, dtype_facts
 
@@ -33,7 +34,6 @@ def _slope(g: pd.DataFrame, col: str) -> float:
     if v["n_samples"].nunique() < 3:
         return float("nan")
     return float(np.polyfit(np.log(v["n_samples"]), np.log(v[col].abs()), 1)[0])
-
 
 
 def finding_prob_underflow(run: Run) -> Finding | None:
@@ -249,12 +249,10 @@ def finding_k_bias(run: Run) -> Finding | None:
 
 FINDINGS: tuple[Callable[[Run], Finding | None], ...] = (
     finding_loglik, finding_prob_underflow, finding_log_underflow, finding_rounding, finding_acc32,
-    finding_slopes, finding_k_underflow, finding_k_bias, precision.finding, proposal.finding,
-    *theory.FINDINGS, finding_nonfinite, finding_fastest, finding_peak)
+    finding_slopes, finding_k_underflow, finding_k_bias, *(f for s in SECTIONS for f in s.findings),
+    finding_nonfinite, finding_fastest, finding_peak)
 
 
 def findings(run: Run) -> list[Finding]:
     """Every finding that the run's data supports, in a fixed order."""
     return [f for f in (fn(run) for fn in FINDINGS) if f is not None]
-
-

@@ -7,8 +7,10 @@ byte-identical when regenerated from the same run (only meta.json's timestamps
 appear in it).
 
 This module only puts the pieces together: the run is read by :mod:`bench.run.store`, the
-numbers come from :mod:`bench.report.analysis`, the figures from :mod:`bench.report.figures` (which draw
-stored data and never run a model), and the page is written by :mod:`bench.report.render`.
+numbers come from :mod:`bench.report.analysis`, the sections beside the summary from the registry
+:data:`bench.report.sections.SECTIONS`, the figures from :data:`bench.report.figures.FIGURES` (which
+draw stored data and never run a model), and the page is written by :mod:`bench.report.render`.
+No section or figure has a case of its own here.
 """
 
 from __future__ import annotations
@@ -19,45 +21,31 @@ from pathlib import Path
 import pandas as pd
 
 from bench.report import analysis as A
-from bench.report import figures as F
 from bench.report import render
 from bench.report.analysis import shown
-from bench.report.figures import FIGURE_STEMS
+from bench.report.figures import FIGURES, listed
 from bench.report.findings import Finding, findings
 from bench.report.plotkit import DPI, FigureSpec, save, style
 from bench.report.render import plural
-from bench.report.sections import precision as P
-from bench.report.sections import proposal as Q
-from bench.report.sections import theory as T
+from bench.report.sections import SECTIONS
 from bench.run.store import Run, RunError, atomic_write, load_run, write_text
 
-__all__ = ["FIGURE_STEMS", "build_figures", "write_report"]
-STEMS = (*FIGURE_STEMS, P.STEM, Q.STEM, T.STEM)
+__all__ = ["build_figures", "write_report"]
 
 
 def build_figures(run: Run) -> list[FigureSpec]:
-    """Every figure (drawn or with the reason it is not)."""
-    ok, o = run.ok, A.order(run)
-    if ok.empty:
-        return [FigureSpec(s, t, "", skipped="the run has no measured cell.") for s, t in F.TITLES.items()]
-    return [F.underflow_vs_n(ok, o), F.bias_vs_n(ok, o), F.variance_vs_n(ok, o),
-            F.loglik_distribution(run.loglik, o, o.dtypes),
-            F.throughput(A.throughput(run), o, run.meta.matmul_peak_gflops),
-            F.underflow_heatmap(ok, o), F.k2_posterior(A.k2_panels(run))] + (
-                [P.figure(run, o)] if (run.cells["precision"] != "cast").any() else []) + [
-                T.figure(run, o)] + ([Q.figure(run, o)] if (run.cells["proposal"] != "prior").any() else [])
+    """The figures the run's report lists (:func:`bench.report.figures.listed`), in order: each
+    drawn, or with the reason it is not."""
+    plots = listed(run)
+    if run.ok.empty:
+        return [p.spec("", skipped="the run has no measured cell.") for p in plots]
+    o = A.order(run)
+    return [p.draw(run, o) for p in plots]
 
 
 def side_tables(run: Run) -> dict[str, pd.DataFrame]:
-    """The tables beside the summary, by CSV name, each computed once: cast against autocast,
-    prior against encoder, and theory against measurement (empty where the run has no such cells)."""
-    return {"precision": P.table(run), "proposal": Q.table(run),
-            **{name: make(run) for name, (make, _) in T.TABLES.items()}}
-
-
-THEORY_HEADS = ("Underflow of probability space: predicted and measured (each model's largest N)",
-                "Rounding of the log-sum-exp reduction against its forward error bound",
-                "Float64 log-space bias against the delta method")
+    """The sections' tables by CSV name, each computed once (empty where the run has no such cells)."""
+    return {t.name: t.make(run) for s in SECTIONS for t in s.tables}
 
 
 def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[FigureSpec],
@@ -88,34 +76,10 @@ def _blocks(run: Run, found: list[Finding], summary: pd.DataFrame, specs: list[F
                        "Throughput: median over models of terms p(x_b|z_i) per second at the largest N. "
                        "Machine-readable: tables/summary.csv."))
         b.append(("table", A.summary_display(summary)))
-    versus, against = tables["precision"], tables["proposal"]
-    theory = {name: tables[name] for name in T.TABLES}
-    if not versus.empty:
-        b += [("h2", "Precision policy: cast or autocast"),
-              ("p", "Cast runs the model and every reduction in the dtype; autocast keeps the float32 model "
-                    "under torch.autocast, which runs linear layers and matrix products in the dtype and "
-                    "leaves other ops as its op lists say. Every other table, figure and finding of this "
-                    "report reads the cast cells; here both, for each estimator and dtype measured under "
-                    "both. Machine-readable: tables/precision.csv."),
-              ("table", P.display(versus))]
-    if not against.empty:
-        b += [("h2", "Proposal: the prior or the trained encoder"),
-              ("p", "With the prior as proposal the estimators average p(x|z_i) over z_i ~ N(0, I); with the "
-                    "encoder, the weights p(x|z_i) p(z_i) / q(z_i|x) over z_i ~ q(z|x) of the model's own "
-                    "trained encoder (the IWAE evaluation protocol). Every other table and figure of this "
-                    "report reads the prior cells; here both, for float64 log space and float32 probability "
-                    "space (biases the ground truth does not resolve are marked). Machine-readable, every "
-                    "estimator, dtype and N: tables/proposal.csv."),
-              ("table", Q.display(against))]
-    if any(not t.empty for t in theory.values()):
-        b += [("h2", "Theory against measurement"),
-              ("p", "Each prediction is set beside what the run measured; how each is made and what it "
-                    "assumes is in bench/theory.py. Machine-readable, at every N: tables/theory_*.csv.")]
-        for (name, t), head in zip(theory.items(), THEORY_HEADS, strict=True):
-            if not t.empty:
-                b += [("h3", head), ("table", T.TABLES[name][1](t))]
+    for section in SECTIONS:
+        b += section.blocks(tables)
     b.append(("h2", "Figures"))
-    for i, s in enumerate(specs, 1):
+    for i, s in enumerate(specs, 1):  # the i-th figure listed is Figure i, whatever its file's stem
         b += [("h3", f"Figure {i}. {s.title}"), ("figure", s)]
     b.append(("h2", "What is measured and what is missing"))
     skipped = cells[cells["status"] != "ok"]
@@ -144,10 +108,10 @@ def write_report(run_dir: str | os.PathLike, out: str | os.PathLike | None = Non
         for s in specs:
             if s.figure is not None:
                 save(s.figure, fig_dir / s.name)
-    for stem in STEMS:  # a figure a previous report drew but this one cannot: remove it
-        if not any(s.name == stem and s.figure is not None for s in specs):
+    for plot in FIGURES:  # a figure a previous report drew but this one cannot: remove it
+        if not any(s.name == plot.stem and s.figure is not None for s in specs):
             for ext in (".png", ".svg"):
-                (fig_dir / f"{stem}{ext}").unlink(missing_ok=True)
+                (fig_dir / f"{plot.stem}{ext}").unlink(missing_ok=True)
     found = findings(run)
     summary = A.summary_table(run)
     atomic_write(tab_dir / "summary.csv", lambda f: summary.to_csv(f, index=False, float_format="%.6g"))

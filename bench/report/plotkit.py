@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib as mpl
 import numpy as np
@@ -22,6 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from bench.report.analysis import Order
+from bench.run.config import AXIS_DEFAULTS
+
+if TYPE_CHECKING:
+    from bench.run.store import Run
 
 POSTERIOR_CMAP = mpl.colors.ListedColormap(mpl.colormaps["Greys"](np.linspace(0.0, 0.55, 256)))
 # Okabe & Ito (2008) colour-blind-safe colours, one per dtype, in every figure.
@@ -49,6 +54,28 @@ class FigureSpec:
     caption: str
     figure: Figure | None = None
     skipped: str | None = None
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A figure as the report lists it (:data:`bench.report.figures.FIGURES`, in order): its file
+    stem (the file keeps this name whatever the run), its title, how it is drawn from a run, and
+    the axis whose other levels it sets side by side (None: every run lists it). The caption's
+    number is the figure's position among those a run lists (:func:`bench.report.figures.listed`)."""
+
+    stem: str
+    title: str
+    draw: Callable[[Run, Order], FigureSpec]
+    compares: str | None = None
+
+    def listed(self, run: Run) -> bool:
+        """Every run lists a figure of no axis; one of an axis only where a cell of the run is at
+        a level of it other than the default (autocast, the encoder)."""
+        return self.compares is None or bool((run.cells[self.compares] != AXIS_DEFAULTS[self.compares]).any())
+
+    def spec(self, caption: str, **kw) -> FigureSpec:
+        """This figure's record, to be drawn (``figure=``) or skipped (``skipped=``)."""
+        return FigureSpec(self.stem, self.title, caption, **kw)
 
 
 @contextlib.contextmanager

@@ -355,6 +355,20 @@ class Run:
                 keep &= (frame[axis] == AXIS_DEFAULTS[axis]).to_numpy()
         return frame[keep]
 
+    def at(self, *vary: str, frame: pd.DataFrame | None = None) -> pd.DataFrame:
+        """The measured cells (or the rows of ``frame``: :attr:`raw`, a table made from either) at
+        the default level of every axis of AXIS_DEFAULTS except ``vary``, which keep all their
+        levels. ``run.at()`` holds what :attr:`ok` holds; ``run.at("precision")`` sets cast beside
+        autocast with every other axis at its default. The one way a report module narrows a frame
+        to the defaults, so that a new axis is narrowed everywhere by its entry in AXIS_DEFAULTS."""
+        unknown = [a for a in vary if a not in AXIS_DEFAULTS]
+        if unknown:
+            raise ValueError(f"Run.at: {', '.join(unknown)} is not an axis with a default level; "
+                             f"accepted: {', '.join(AXIS_DEFAULTS)}")
+        if frame is None:
+            frame = self.cells[self.cells["status"] == "ok"]
+        return self.at_defaults(frame, *(a for a in AXIS_DEFAULTS if a not in vary))
+
     @cached_property
     def raw(self) -> pd.DataFrame | None:
         """One row per (cell, datapoint, repeat), or None when the run has no raw file."""

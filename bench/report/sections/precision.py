@@ -17,6 +17,7 @@ from matplotlib.lines import Line2D
 from bench.report import plotkit as K
 from bench.report.analysis import Finding, Order, bias_display, pooled, resolved_bias_at_largest_n
 from bench.report.render import fmt_num, fmt_pct, join
+from bench.report.sections.protocol import Section, Table
 from bench.run.metrics import wilson
 from bench.run.store import Run
 from lvm.numerics import dtype_facts
@@ -27,7 +28,7 @@ RESCUED, PARTLY = "rescues", "does not rescue"
 
 
 def _measured(run: Run) -> pd.DataFrame:
-    cells = Run.at_defaults(run.cells[run.cells["status"] == "ok"], "proposal")
+    cells = run.at("precision")
     both = cells.groupby(["estimator", "dtype"])["precision"].transform("nunique") > 1
     return cells[both]
 
@@ -129,3 +130,12 @@ def figure(run: Run, o: Order) -> K.FigureSpec:
     K.legend(fig, handles, ncols=len(handles))
     spec.figure = fig
     return spec
+
+
+SECTION = Section(
+    STEM, TITLE, figure, heading="Precision policy: cast or autocast",
+    intro="Cast runs the model and every reduction in the dtype; autocast keeps the float32 model under "
+          "torch.autocast, which runs linear layers and matrix products in the dtype and leaves other ops as "
+          "its op lists say. Every other table, figure and finding of this report reads the cast cells; here "
+          "both, for each estimator and dtype measured under both. Machine-readable: tables/precision.csv.",
+    compares="precision", tables=(Table("precision", table, display),), findings=(finding,))

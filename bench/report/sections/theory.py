@@ -1,4 +1,4 @@
-"""Measurements held against what theory predicts: tidy tables, findings and Figure 9.
+"""Measurements held against what theory predicts: tidy tables, findings and a figure (fig9_theory).
 
 Three predictions, each from quantities the run stored per estimate (raw rows):
 
@@ -48,6 +48,7 @@ from matplotlib.lines import Line2D
 from bench.report import plotkit as K
 from bench.report.analysis import Finding, Order
 from bench.report.render import fmt_num, fmt_pct, join
+from bench.report.sections.protocol import Section, Table
 from bench.run.metrics import wilson
 from bench.run.store import Run
 from lvm.numerics import dtype_facts
@@ -57,12 +58,12 @@ GROUP = ["model", "parametrization", "device", "proposal", "estimator", "dtype",
 LOW = ("float16", "bfloat16")  # where log_space and log_space_acc32 reduce differently
 
 
-def _cast_raw(run: Run) -> pd.DataFrame:
-    """The raw estimates of the cast policy, every proposal."""
+def _raw(run: Run) -> pd.DataFrame:
+    """The raw estimates of every proposal, every other axis at its default (the cast policy)."""
     raw = run.raw
     if raw is None or raw.empty:
         return pd.DataFrame()
-    return Run.at_defaults(raw, "precision")
+    return run.at("proposal", frame=raw)
 
 
 def floor(dtype: str) -> float:
@@ -72,7 +73,7 @@ def floor(dtype: str) -> float:
 
 def underflow(run: Run) -> pd.DataFrame:
     """Per probability-space cell: measured underflow rate [Wilson 95%] beside the two predictions."""
-    raw, ok = _cast_raw(run), run.ok
+    raw, ok = _raw(run), run.ok
     if raw.empty or ok.empty:
         return pd.DataFrame()
     prob = set(ok.loc[ok["space"] == "prob", "estimator"])
@@ -101,7 +102,7 @@ def lse_bound(y: np.ndarray, n: np.ndarray, u: float) -> np.ndarray:
 
 def lse_rounding(run: Run) -> pd.DataFrame:
     """Per (dtype, N): the reduction's observed rounding |log_space - log_space_acc32| beside the bound."""
-    raw = _cast_raw(run)
+    raw = _raw(run)
     if raw.empty:
         return pd.DataFrame()
     r = raw[raw["estimator"].isin(["log_space", "log_space_acc32"]) & raw["dtype"].isin(LOW)]
@@ -126,7 +127,7 @@ def lse_rounding(run: Run) -> pd.DataFrame:
 def delta_method(run: Run) -> pd.DataFrame:
     """Per (model, parametrization, device, proposal, N): measured float64 log-space bias beside
     -Var(w) / (2 N E[w]^2), with standard errors."""
-    raw, ok = _cast_raw(run), Run.at_defaults(run.cells[run.cells["status"] == "ok"], "precision")
+    raw, ok = _raw(run), run.at("proposal")
     if raw.empty or ok.empty:
         return pd.DataFrame()
     f64 = raw[(raw["estimator"] == "log_space") & (raw["dtype"] == "float64")]
@@ -177,7 +178,7 @@ def finding_underflow(run: Run) -> Finding | None:
                  f"where log p(x) lies below the dtype's floor) falls within the measured interval in "
                  f"{nums['encoder.agree']} of {len(enc)} cells, and the one from the float64 estimate on "
                  f"the same draws in {int(enc['agrees'].sum())}")
-        t = t[t["proposal"] == "prior"]
+        t = run.at(frame=t)
     big = t[t["n_samples"] == t["n_samples"].max()]
     parts = []
     for dt in ("float32", "bfloat16", "float16"):
@@ -237,10 +238,7 @@ def finding_delta(run: Run) -> Finding | None:
     return Finding(text + ".", nums)
 
 
-FINDINGS = (finding_underflow, finding_lse, finding_delta)
-
-
-# ----------------------------------------------------------------------------- figure 9
+# ----------------------------------------------------------------------------- figure
 
 
 def figure(run: Run, o: Order) -> K.FigureSpec:
@@ -349,5 +347,15 @@ def display_delta(t: pd.DataFrame) -> pd.DataFrame:
                                 for p, s in zip(t["predicted"], t["predicted_se"], strict=True)]})
 
 
-TABLES = {"theory_underflow": (underflow, display_underflow), "theory_lse": (lse_rounding, display_lse),
-          "theory_delta": (delta_method, display_delta)}
+SECTION = Section(
+    STEM, TITLE, figure, heading="Theory against measurement",
+    intro="Each prediction is set beside what the run measured; how each is made and what it assumes is in "
+          "bench/theory.py. Machine-readable, at every N: tables/theory_*.csv.",
+    compares=None,
+    tables=(Table("theory_underflow", underflow, display_underflow,
+                  "Underflow of probability space: predicted and measured (each model's largest N)"),
+            Table("theory_lse", lse_rounding, display_lse,
+                  "Rounding of the log-sum-exp reduction against its forward error bound"),
+            Table("theory_delta", delta_method, display_delta,
+                  "Float64 log-space bias against the delta method")),
+    findings=(finding_underflow, finding_lse, finding_delta))
