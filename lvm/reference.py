@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 from ._io import atomic_write, cache_root
+from .draws import BLOCK, Drawn, Draws, digit_terms
 from .errors import InputError, check_int
-from .estimators import BLOCK, Draws
-from .model import check_data, check_log_likelihood, check_model, std_normal_log_prob
+from .likelihoods import std_normal_log_prob
 from .numerics import as_tensor
+from .protocol import check_data, check_log_likelihood, check_model
 
 CACHE_VERSION = 3  # bump when an algorithm changes, so stale cached truths are not reused
 METHODS = ("auto", "exact", "quadrature", "importance")
@@ -118,7 +119,7 @@ def laplace_fit(model, x: torch.Tensor, *, n_pilot: int = 4096, steps: int = 50,
     return z, 0.5 * (hess + hess.transpose(-1, -2))
 
 
-def _laplace_proposal(model, x, seed: int, inflate: float = 1.2) -> MixtureProposal:
+def laplace_proposal(model, x, seed: int, inflate: float = 1.2) -> MixtureProposal:
     """Proposal A: 0.9 * Student-t(5) on the Laplace fit (inflated 1.2x, never wider than the
     prior) + 0.1 * prior."""
     mode, prec = laplace_fit(model, x, seed=seed)
@@ -129,21 +130,22 @@ def _laplace_proposal(model, x, seed: int, inflate: float = 1.2) -> MixturePropo
     return MixtureProposal(mode, torch.linalg.cholesky(cov + 1e-12 * torch.eye(K, dtype=F64)))
 
 
-def _log_weights(model, x, z, corr) -> torch.Tensor:
-    """log p(x_b|z_bi) + log p(z_bi) - log q(z_bi|x_b), float64 [B, n]."""
+def log_weights(model, x: torch.Tensor, drawn: Drawn) -> torch.Tensor:
+    """log p(x_b|z_bi) + log p(z_bi) - log q(z_bi|x_b), float64 [B, n], for proposal draws."""
     with torch.no_grad():
-        rows = [model.log_likelihood(x[b:b + 1], z[b], F64)[0] for b in range(len(x))]
-    return torch.stack(rows) + corr
+        ll = digit_terms(lambda xb, zb: model.log_likelihood(xb, zb, F64), x, drawn)
+    return ll + drawn.log_ratio
 
 
-def _moment_proposal(model, x, pilot: MixtureProposal, seed: int, n_pilot: int = BLOCK,
-                     prior_weight: float = 0.02) -> MixtureProposal:
+def moment_proposal(model, x, pilot: MixtureProposal, seed: int, n_pilot: int = BLOCK,
+                    prior_weight: float = 0.02) -> MixtureProposal:
     """Proposal B: a Gaussian with the posterior mean and covariance estimated by
     self-normalised importance sampling from ``n_pilot`` draws of proposal A (draws of their
     own, never reused by the estimates), + 0.02 * prior. Where the posterior is close to
     Gaussian its efficiency is near 1; where it is not, it fails differently from A."""
-    z, corr = Draws(model, n_pilot, seed, pilot).take(0, n_pilot)
-    w = torch.softmax(_log_weights(model, x, z, corr), -1)
+    drawn = Draws(model, n_pilot, seed, pilot).take(0, n_pilot)
+    z = drawn.z
+    w = torch.softmax(log_weights(model, x, drawn), -1)
     mean = (w[..., None] * z).sum(1)
     zc = z - mean[:, None]
     cov = (w[..., None, None] * zc[..., :, None] * zc[..., None, :]).sum(1)
@@ -183,8 +185,8 @@ def _importance(model, x, n_samples: int, seed: int, target_se: float):
     than 3 of their combined SEs, the difference |A - B| is the error instead, because the
     delta-method SE is blind to a proposal that misses part of the posterior.
     """
-    prop_a = _laplace_proposal(model, x, seed)
-    prop_b = _moment_proposal(model, x, prop_a, seed + 3, n_pilot=min(BLOCK, n_samples))
+    prop_a = laplace_proposal(model, x, seed)
+    prop_b = moment_proposal(model, x, prop_a, seed + 3, n_pilot=min(BLOCK, n_samples))
     B = len(x)
     draws = [Draws(model, n_samples, seed + 1, prop_a), Draws(model, n_samples, seed + 2, prop_b)]
     acc = [_Accumulator(B), _Accumulator(B)]
@@ -194,8 +196,7 @@ def _importance(model, x, n_samples: int, seed: int, target_se: float):
         rows = active.nonzero().squeeze(1)
         for p in _next_blocks(acc, rows, pos, n_samples):
             stop = min(pos[p] + BLOCK, n_samples)
-            z, corr = draws[p].take(pos[p], stop)
-            acc[p].add(rows, _log_weights(model, x[rows], z[rows], corr[rows]))
+            acc[p].add(rows, log_weights(model, x[rows], draws[p].take(pos[p], stop).rows(rows)))
             pos[p] = stop
         lp, err, parts = _combine(acc)
         active &= err > target_se
@@ -271,7 +272,7 @@ def _refine(model, x1: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, n: int,
 
 
 @torch.no_grad()
-def _quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
+def quadrature(model, x, tol: float, h0: float = 0.05, bound: float = 6.0,
                 points: tuple[int, ...] = (33, 65, 129, 257, 513), drop: float = 30.0):
     """Adaptive tensor-product quadrature, per datapoint.
 
@@ -369,7 +370,7 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
         if cached is not None:
             return Reference(method, cached["log_px"], cached["se"], dict(cached["meta"], cached=True))
     if method == "quadrature":
-        lp, se, meta = _quadrature(model, x, tol)
+        lp, se, meta = quadrature(model, x, tol)
     else:
         lp, se, meta = _importance(model, x, n_samples, seed, target_se)
     ref = Reference(method, lp.detach(), se.detach(), meta)

@@ -30,7 +30,7 @@ from bench.run.timing import Measurement, PeakMemory, autorange, estimate_flop, 
 from lvm import sources, zoo
 from lvm.encoder import has_encoder
 from lvm.errors import InputError
-from lvm.estimators import CHUNK
+from lvm.kernels import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.rng import entropy
 from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
