@@ -58,26 +58,26 @@ def _pixel_product(model, dt: torch.dtype, dev: torch.device) -> Terms:
     return terms
 
 
-def _weighed_log(ll: torch.Tensor, drawn: Drawn, dt: torch.dtype, dev: torch.device) -> torch.Tensor:
+def _weigh_log(ll: torch.Tensor, drawn: Drawn, dt: torch.dtype, dev: torch.device) -> torch.Tensor:
     """log p(x_b|z) (+ log p(z) - log q(z|x_b), cast to dt and added in dt)."""
     return ll + drawn.log_ratio.to(device=dev, dtype=dt) if drawn.per_digit else ll
 
 
-def _weighed_prob(p: torch.Tensor, drawn: Drawn, dt: torch.dtype, dev: torch.device) -> torch.Tensor:
+def _weigh_prob(p: torch.Tensor, drawn: Drawn, dt: torch.dtype, dev: torch.device) -> torch.Tensor:
     """p(x_b|z) (* p(z)/q(z|x_b), exponentiated in float64, cast to dt and multiplied in dt)."""
     return p * torch.exp(drawn.log_ratio).to(device=dev, dtype=dt) if drawn.per_digit else p
 
 
-def terms(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device, seed: int,
-          chunk: int, form: str | None, proposal=None) -> Iterator[torch.Tensor]:
+def weighted_terms(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device, seed: int,
+                   chunk: int, form: str | None, proposal=None) -> Iterator[torch.Tensor]:
     """The weighted terms, [B, c] in dt, chunk by chunk: log terms (``form`` None), or
     probabilities by exponentiating them ("exp") or by the per-pixel product ("product")."""
     fn = _pixel_product(model, dt, dev) if form == "product" else _log_likelihood(model, dt, dev)
     for drawn, t in proposal_terms(Draws(model, n, seed, proposal), x, chunk, fn):
         if form == "product":
-            yield _weighed_prob(t, drawn, dt, dev)
+            yield _weigh_prob(t, drawn, dt, dev)
         else:
-            lw = _weighed_log(t, drawn, dt, dev)
+            lw = _weigh_log(t, drawn, dt, dev)
             yield torch.exp(lw) if form == "exp" else lw
 
 
@@ -85,7 +85,8 @@ def log_space(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.dev
               chunk: int, acc: torch.dtype, proposal=None) -> Estimate:
     """logsumexp_i log w_i - log N, the sum streamed in ``acc``."""
     out = LogSum(len(x), dt, acc, dev)
-    for lw in terms(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=None, proposal=proposal):
+    for lw in weighted_terms(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=None,
+                             proposal=proposal):
         out.add(lw)
     return out.result(n, seed)
 
@@ -94,7 +95,8 @@ def prob_space(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.de
                chunk: int, form: str, proposal=None) -> Estimate:
     """log of the mean of the weights, every step in dt."""
     out = ProbSum(len(x), dt, dev, form)
-    for w in terms(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=form, proposal=proposal):
+    for w in weighted_terms(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=form,
+                            proposal=proposal):
         out.add(w)
     return out.result(n, seed)
 
@@ -153,8 +155,8 @@ def shared(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device
     if products:
         acc = ProbSum(B, dt, dev, "product", as_given=as_given)
         net = model.with_output("logits")  # the network up to its output
-        for p in terms(net, x, n, dt=dt, dev=dev, seed=seed, chunk=product_chunk(B, x.shape[1]),
-                       form="product", proposal=proposal):
+        for p in weighted_terms(net, x, n, dt=dt, dev=dev, seed=seed, chunk=product_chunk(B, x.shape[1]),
+                                form="product", proposal=proposal):
             acc.add(p)
         est = acc.result(n, seed)
         out |= {(name, o): est for name in products for o in outputs}
