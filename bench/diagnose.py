@@ -35,8 +35,9 @@ from bench.run.config import estimator_spec
 from bench.run.environment import cpu_capability
 from lvm import sources
 from lvm.axes import AUTOCAST_DTYPES, DTYPES, ESTIMATORS, LEVELS, PRECISIONS
+from lvm.draws import Draws
 from lvm.errors import InputError, check_int
-from lvm.estimators import CHUNK, Draws
+from lvm.kernels import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.reference import log_marginal
 from lvm.runtime import keep_temporaries_on_heap, set_torch_threads
@@ -155,8 +156,8 @@ def _choices(argument: str, values, accepted) -> list[str]:
 def _below_floor(model, x: torch.Tensor, n: int, seed: int, floors: dict[str, float]) -> dict[str, float]:
     """Share of float64 log p(x|z_i) below each dtype's floor, over the B x N terms of the draws."""
     below = dict.fromkeys(floors, 0)
-    for z, _ in Draws(model, n, seed).chunks(CHUNK):
-        ll = model.log_likelihood(x, z, torch.float64)
+    for drawn in Draws(model, n, seed).chunks(CHUNK):
+        ll = model.log_likelihood(x, drawn.z, torch.float64)
         for dt, f in floors.items():
             below[dt] += int((ll < f).sum())
     return {dt: k / (len(x) * n) for dt, k in below.items()}

@@ -4,7 +4,7 @@ The zoo's ``vae-k{K}`` and ``iwae-k{K}`` models pair the suite's 3 x 512 decoder
 :class:`GaussianEncoder` trained jointly with it (:mod:`lvm.train`, objectives "vae" and
 "iwae"). For the benchmark an encoder is a proposal: :class:`EncoderProposal` draws z from
 q(z|x) per datapoint and evaluates log q(z|x), with the interface of
-:class:`lvm.reference.MixtureProposal`, so :class:`lvm.estimators.Draws` uses it as it is.
+:class:`lvm.posterior.MixtureProposal`, so :class:`lvm.draws.Draws` uses it as it is.
 Drawing near the posterior instead of from the prior lifts log p(x|z) from thousands of
 nats below zero to near log p(x), which is what decides whether probability space underflows.
 
@@ -27,12 +27,14 @@ from __future__ import annotations
 import copy
 import math
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from . import rng
+from .draws import Drawn, proposal_terms
 from .errors import InputError, check_int
 
 F64 = torch.float64
@@ -177,6 +179,26 @@ def has_encoder(model: object) -> bool:
 # ----------------------------------------------------------------------------- bounds
 
 
+class _DigitStreams:
+    """Each digit's k draws of q(z|x_b), from a stream of its own: digit b's from
+    ``rng.generator(seed, BOUND_STREAM, k, first_index + b)``, with log p(z) and log q(z|x_b).
+    A source of :class:`lvm.draws.Drawn` chunks for :func:`lvm.draws.proposal_terms`."""
+
+    def __init__(self, model, prop: EncoderProposal, k: int, seed: int, first_index: int):
+        zs, log_p, log_q = [], [], []
+        for b in range(prop.B):
+            g = rng.generator(seed, BOUND_STREAM, k, first_index + b)
+            z = prop.mean[b] + prop.std[b] * torch.randn(k, prop.K, generator=g, dtype=F64)
+            zs.append(z)
+            log_p.append(model.log_prior(z))
+            log_q.append(diag_normal_log_prob(z, prop.mean[b], prop.log_std[b]))
+        self.k, self.drawn = k, Drawn(torch.stack(zs), torch.stack(log_p), torch.stack(log_q))
+
+    def chunks(self, chunk_size: int) -> Iterator[Drawn]:
+        for i in range(0, self.k, chunk_size):
+            yield self.drawn.part(i, i + chunk_size)
+
+
 @torch.no_grad()
 def log_weights(model, x: torch.Tensor, k: int, *, seed: int = 0, first_index: int = 0) -> torch.Tensor:
     """log w = log p(x_b|z) + log p(z) - log q(z|x_b), z ~ q(z|x_b): float64 [B, k].
@@ -185,22 +207,18 @@ def log_weights(model, x: torch.Tensor, k: int, *, seed: int = 0, first_index: i
     digit's weights depend only on its index in the split, the seed and k: any subset of the
     digits (``first_index`` where it starts) reproduces what the whole split gave, up to the
     float64 rounding of batched products. The likelihood is ``model.log_likelihood`` per row,
-    as the estimators compute it under a proposal.
+    as the estimators compute it under a proposal (:func:`lvm.draws.proposal_terms`), in
+    chunks of BOUND_CHUNK draws.
     """
     k = check_int("k", k, minimum=1)
     prop = model.proposal(x)
     x = torch.as_tensor(x, dtype=F64)
     if x.dim() == 1:
         x = x[None]
-    rows = []
-    for b in range(len(x)):
-        g = rng.generator(seed, BOUND_STREAM, k, first_index + b)
-        z = prop.mean[b] + prop.std[b] * torch.randn(k, prop.K, generator=g, dtype=F64)
-        log_q = diag_normal_log_prob(z, prop.mean[b], prop.log_std[b])
-        ll = torch.cat([model.log_likelihood(x[b:b + 1], z[i:i + BOUND_CHUNK], F64)[0]
-                        for i in range(0, k, BOUND_CHUNK)])
-        rows.append(ll + model.log_prior(z) - log_q)
-    return torch.stack(rows)
+    streams = _DigitStreams(model, prop, k, seed, first_index)
+    ll = torch.cat([t for _, t in proposal_terms(streams, x, BOUND_CHUNK,
+                                                 lambda xb, zb: model.log_likelihood(xb, zb, F64))], dim=-1)
+    return ll + streams.drawn.log_p - streams.drawn.log_q
 
 
 def iwae_bound(lw: torch.Tensor) -> torch.Tensor:

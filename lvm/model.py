@@ -1,10 +1,9 @@
 """Latent variable models: z ~ N(0, I_K), x | z ~ Bernoulli(decoder(z)) or Gaussian.
 
-The estimators need only the protocol below, so users can bring their own
-model. ``log_likelihood`` returns a [B, N] matrix of log p(x_b | z_n) computed
-in the working dtype, with the data-by-sample product done as one matrix
-multiply (no [B, N, D] tensor on the fast path). The estimators check that
-shape on every call (:func:`check_log_likelihood`).
+The estimators need only the protocol of :mod:`lvm.protocol`, so users can bring their
+own model. These models' ``log_likelihood`` returns a [B, N] matrix of log p(x_b | z_n)
+computed in the working dtype, with the data-by-sample product done as one matrix
+multiply (no [B, N, D] tensor on the fast path); the densities are :mod:`lvm.likelihoods`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import copy
 import hashlib
 import math
 import reprlib
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,107 +20,11 @@ from torch.distributions.utils import clamp_probs
 
 from .encoder import EncoderProposal, GaussianEncoder, build_encoder
 from .errors import InputError, check_int
-from .numerics import as_tensor, parse_dtype
+from .likelihoods import bernoulli_log_likelihood, std_normal_log_prob
+from .numerics import parse_dtype
+from .protocol import check_data
 
 OUTPUTS = ("logits", "probs")
-
-
-def std_normal_log_prob(z: torch.Tensor) -> torch.Tensor:
-    """log N(z; 0, I_K) over the last axis (K = z.shape[-1]): the prior's density."""
-    return -0.5 * (z * z).sum(-1) - 0.5 * z.shape[-1] * math.log(2 * math.pi)
-
-
-def bernoulli_log_likelihood(x: torch.Tensor, out: torch.Tensor, output: str) -> torch.Tensor:
-    """log p(x_b | z_n) summed over pixels, from decoder output ``out`` (logits or probs).
-
-    ``out`` [N, D] (one set of z for every datapoint) gives [B, N] through one
-    matrix multiply, never a [B, N, D] tensor; ``out`` [B, N, D] (z drawn per
-    datapoint) gives [B, N] by a per-pixel sum. ``output="probs"`` clamps p to
-    [eps, 1-eps] of its dtype, as torch's Bernoulli does. Computed in ``out``'s
-    dtype, with gradients when ``out`` has them: the one implementation behind
-    both the estimators' likelihood and the training objectives.
-    """
-    if output == "logits":
-        if out.dim() == 2:  # in place on the product's fresh [B, N] result: one pass, no second tensor
-            return (x @ out.T).sub_(nn.functional.softplus(out).sum(-1))
-        return (x[:, None, :] * out - nn.functional.softplus(out)).sum(-1)
-    p = clamp_probs(out)
-    if out.dim() == 2:
-        return x @ torch.log(p).T + (1 - x) @ torch.log1p(-p).T
-    xb = x[:, None, :]
-    return (xb * torch.log(p) + (1 - xb) * torch.log1p(-p)).sum(-1)
-
-
-@runtime_checkable
-class LatentVariableModel(Protocol):
-    """What an estimator needs from a model."""
-
-    latent_dim: int
-
-    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n float64 prior draws, shape [n, latent_dim]."""
-        ...
-
-    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor,
-                       dtype: torch.dtype) -> torch.Tensor:
-        """log p(x_b | z_n) as a [B, N] tensor computed in ``dtype``.
-
-        Rows are datapoints, columns draws. Any other shape is an InputError
-        from the estimators, except the transpose [N, B] when B == N: a shape
-        cannot tell it apart, and the estimates are then silently wrong.
-        """
-        ...
-
-
-PROTOCOL = ("latent_dim", "sample_prior", "log_likelihood")  # what LatentVariableModel asks for
-
-
-def check_model(model: object) -> LatentVariableModel:
-    """``model`` if it has the :class:`LatentVariableModel` attributes; InputError naming what it lacks."""
-    lacks = [a for a in PROTOCOL
-             if not hasattr(model, a) or a != "latent_dim" and not callable(getattr(model, a))]
-    if lacks:
-        raise InputError(f"model={reprlib.repr(model)} (a {type(model).__name__}) lacks {', '.join(lacks)}; "
-                         "accepted: a model with latent_dim, sample_prior(n, generator) and "
-                         "log_likelihood(x, z, dtype) (the lvm.LatentVariableModel protocol)")
-    return model  # type: ignore[return-value]
-
-
-def check_log_likelihood(model: object, ll: object, B: int, N: int) -> torch.Tensor:
-    """``ll``, what ``model.log_likelihood`` returned for B datapoints and N draws, if it is [B, N].
-
-    A [B], [N] or [N, B] (B != N) result would broadcast into silently wrong
-    estimates, so it is an InputError; an [N, B] result with B == N cannot be told apart.
-    """
-    if not isinstance(ll, torch.Tensor) or ll.shape != (B, N):
-        got = f"shape {list(ll.shape)}" if isinstance(ll, torch.Tensor) else f"a {type(ll).__name__}"
-        raise InputError(f"{type(model).__name__}.log_likelihood(x, z, dtype) returned {got} for {B} "
-                         f"datapoints and {N} draws; accepted: a tensor of shape [B, N] = [{B}, {N}], "
-                         "log p(x_b | z_n) with a row per datapoint")
-    return ll
-
-
-def check_data(x: torch.Tensor, data_dim: int, *, binary: bool = True) -> torch.Tensor:
-    """Validate a data batch: shape [B, D] (or [D]), finite, and 0/1 when ``binary``."""
-    x = as_tensor(x, "x")
-    if x.dim() == 1:
-        x = x[None]
-    if x.dim() != 2 or x.shape[1] != data_dim:
-        raise InputError(f"x has shape {tuple(x.shape)}; accepted: [B, {data_dim}] or [{data_dim}]")
-    if x.shape[0] == 0:
-        raise InputError("x has no rows; accepted: at least one datapoint")
-    if binary and not x.is_complex() and bool(((x == 0) | (x == 1)).all()):
-        return x  # 0/1 everywhere is finite too: one pass, no float64 copy, on the hot path
-    xf = x.to(torch.float64)
-    if torch.isnan(xf).any():
-        raise InputError(f"x contains NaN ({int(torch.isnan(xf).sum())} values); accepted: finite values")
-    if torch.isinf(xf).any():
-        raise InputError(f"x contains infinity ({int(torch.isinf(xf).sum())} values); "
-                         "accepted: finite values")
-    if binary and not ((xf == 0) | (xf == 1)).all():
-        bad = xf[(xf != 0) & (xf != 1)][:3].tolist()
-        raise InputError(f"x is not binary (values such as {bad}); accepted: 0 and 1 only")
-    return x
 
 
 def _activations_in_place(module: nn.Module) -> None:

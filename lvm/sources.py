@@ -140,7 +140,7 @@ def parse_model(spec: str) -> ModelSpec:
 def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False):
     """The model a spec names: a zoo model, a factory's model, or a decoder file's model."""
     from . import zoo
-    from .model import check_model
+    from .protocol import check_model
 
     ms = spec if isinstance(spec, ModelSpec) else parse_model(spec)
     if ms.kind == "zoo":
@@ -361,8 +361,8 @@ def run_estimator(fn: Callable, spec: str, model, x: torch.Tensor, n_samples: in
                   device="cpu", seed: int = 0):
     """Call an outside estimator and return an Estimate: its own, or one made from the [B]
     tensor it returned (term counts and ESS unknown: NaN)."""
-    from .estimators import Estimate
     from .numerics import dtype_name, parse_dtype
+    from .reductions import Estimate
 
     out = fn(model, x, n_samples, dtype=dtype, device=device, seed=seed)
     B = len(x)

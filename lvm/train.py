@@ -1,27 +1,9 @@
 """Training the zoo's models: decoders by prior sampling, or with an amortised encoder.
 
-Two objectives sample z from the prior N(0, I_K), never from an encoder:
-
-``"prior-iwae"`` ("Approach 3")
-    loss_b = -(logsumexp_i log p(x_b|z_i) - log N): minus the log-space
-    estimate of log p(x_b) with N prior samples (a lower bound that tightens
-    as N grows).
-``"jensen"`` ("Approach 2")
-    loss_b = -(1/N) sum_i log p(x_b|z_i): Jensen's lower bound on the same
-    quantity. Its optimum ignores z and decodes the mean image (~208 nats).
-
-Two train a :class:`~lvm.encoder.GaussianEncoder` q(z|x) jointly with the decoder, z
-reparameterised as z = mean(x) + std(x) * eps, eps ~ N(0, I), drawn per datapoint, with
-log w = log p(x|z) + log p(z) - log q(z|x):
-
-``"vae"`` (Kingma and Welling 2014)
-    loss_b = -(1/k) sum_i log w_bi: minus the ELBO (k = 1 in the zoo).
-``"iwae"`` (Burda, Grosse and Salakhutdinov 2016)
-    loss_b = -(logsumexp_i log w_bi - log k): minus the importance-weighted bound with k
-    draws (k = 5 in the zoo, the IWAE paper's smaller setting), which tightens towards
-    log p(x) as k grows.
-
-Losses are reported in nats per datapoint, positive (= -objective).
+Four objectives (:mod:`lvm.objectives`): two sample z from the prior N(0, I_K), never from
+an encoder ("prior-iwae", "jensen"); two train a :class:`~lvm.encoder.GaussianEncoder` q(z|x)
+jointly with the decoder ("vae", "iwae"). Losses are reported in nats per datapoint,
+positive (= -objective).
 
 How prior z is drawn (``Recipe.z_sharing``, the prior objectives only):
 
@@ -56,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import platform
 import sys
 import time
@@ -66,17 +47,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import encoder as _encoder
 from . import rng
 from .errors import InputError
-from .model import OUTPUTS, BernoulliLVM, architecture, bernoulli_log_likelihood, build, std_normal_log_prob
+from .model import OUTPUTS, BernoulliLVM, architecture, build
+from .objectives import ENCODER_OBJECTIVES, OBJECTIVE_FORMULAS, OBJECTIVES, PRIOR_OBJECTIVES, loss
 from .runtime import set_torch_threads
 
-PRIOR_OBJECTIVES = ("prior-iwae", "jensen")  # z from the prior; decoder only
-ENCODER_OBJECTIVES = ("vae", "iwae")  # z from a jointly trained encoder q(z|x)
-OBJECTIVES = PRIOR_OBJECTIVES + ENCODER_OBJECTIVES
 DEFAULT_K = {"vae": 1, "iwae": 5}  # Recipe.k when not given: draws of q(z|x) per datapoint and step
 PRIOR_FIELDS = ("n_samples", "z_sharing")  # Recipe fields that only the prior objectives use
 ENCODER_FIELDS = ("k", "encoder_hidden", "encoder_layers")  # ... that only the encoder objectives use
@@ -192,67 +170,12 @@ class Recipe:
         return out
 
 
-# ----------------------------------------------------------------------------- objectives
-
-
-def objective_loss(decoder: nn.Module, x: torch.Tensor, z: torch.Tensor, objective: str,
-                   output: str = "logits") -> torch.Tensor:
-    """Per-datapoint loss [B] in nats (positive): -(objective) for each row of x.
-
-    z [N, K] is shared by every row (one matrix multiply), z [B, N, K] is drawn
-    per row; gradients flow to the decoder's weights.
-    """
-    ll = bernoulli_log_likelihood(x, decoder(z), output)
-    if objective == "prior-iwae":
-        return -(torch.logsumexp(ll, dim=1) - math.log(ll.shape[1]))
-    if objective == "jensen":
-        return -ll.mean(dim=1)
-    raise InputError(f"objective={objective!r} is not supported; accepted: {', '.join(PRIOR_OBJECTIVES)}")
-
-
-def encoder_loss(encoder: _encoder.GaussianEncoder, decoder: nn.Module, x: torch.Tensor,
-                 eps: torch.Tensor, objective: str, output: str = "logits") -> torch.Tensor:
-    """Per-datapoint loss [B] in nats (positive): minus the ELBO ("vae") or the IWAE bound ("iwae").
-
-    eps [B, k, K] are standard normal draws; z = mean(x) + std(x) * eps (reparameterised, so
-    gradients reach both networks) and log q(z|x) = sum_j (-eps_j^2 / 2 - log std_j) - K/2 log 2 pi.
-    "vae" averages log w over the k draws (the ELBO for k = 1), "iwae" takes logsumexp - log k.
-    """
-    mean, log_std = encoder.params(x)
-    z = mean[:, None] + torch.exp(log_std)[:, None] * eps
-    log_q = (-0.5 * eps * eps - log_std[:, None]).sum(-1) - 0.5 * eps.shape[-1] * math.log(2 * math.pi)
-    lw = bernoulli_log_likelihood(x, decoder(z), output) + std_normal_log_prob(z) - log_q
-    if objective == "vae":
-        return -lw.mean(dim=1)
-    if objective == "iwae":
-        return -(torch.logsumexp(lw, dim=1) - math.log(lw.shape[1]))
-    raise InputError(f"objective={objective!r} is not supported; accepted: {', '.join(ENCODER_OBJECTIVES)}")
-
-
-OBJECTIVE_FORMULAS = {
-    "prior-iwae": "loss = -(logsumexp_i log p(x|z_i) - log N), z_i ~ N(0, I)",
-    "jensen": "loss = -(1/N) sum_i log p(x|z_i), z_i ~ N(0, I)",
-    "vae": "loss = -(1/k) sum_i log w_i (minus the ELBO; k = 1 in the zoo), log w_i = log p(x|z_i) + "
-           "log p(z_i) - log q(z_i|x), z_i = mean(x) + std(x) * eps_i, eps_i ~ N(0, I) per datapoint",
-    "iwae": "loss = -(logsumexp_i log w_i - log k) (minus the importance-weighted bound), log w_i = "
-            "log p(x|z_i) + log p(z_i) - log q(z_i|x), z_i = mean(x) + std(x) * eps_i, eps_i ~ N(0, I), "
-            "k draws per datapoint",
-}
-
-
 def _draw_z(recipe: Recipe, batch: int, g: torch.Generator) -> torch.Tensor:
     """Prior z for a step, or (encoder objectives) the eps [batch, k, K] of the reparameterisation."""
     shape = ((batch, recipe.k, recipe.latent_dim) if recipe.encoder
              else (recipe.n_samples, recipe.latent_dim) if recipe.z_sharing == "batch"
              else (batch, recipe.n_samples, recipe.latent_dim))
     return torch.randn(*shape, generator=g, dtype=torch.float32)
-
-
-def _loss(model: BernoulliLVM, x: torch.Tensor, z: torch.Tensor, objective: str) -> torch.Tensor:
-    """Per-datapoint loss [B] of either kind: z is prior z or, with an encoder, eps."""
-    if objective in ENCODER_OBJECTIVES:
-        return encoder_loss(model.encoder, model.decoder, x, z, objective, model.output)
-    return objective_loss(model.decoder, x, z, objective, model.output)
 
 
 # ----------------------------------------------------------------------------- training
@@ -299,7 +222,7 @@ def evaluate(model: BernoulliLVM, x: torch.Tensor, objective: str, *, n_samples:
                  if objective in ENCODER_OBJECTIVES or z_sharing == "datapoint"
                  else (n_samples, model.latent_dim))
         z = torch.randn(*shape, generator=g, dtype=torch.float32)
-        total += float(_loss(model, xb, z, objective).sum())
+        total += float(loss(model, xb, z, objective).sum())
     return total / len(x)
 
 
@@ -352,13 +275,13 @@ def train(recipe: Recipe, *, data: torch.Tensor | None = None, progress: bool = 
                 idx, order = order[:recipe.batch_size], order[recipe.batch_size:]
                 xb = x[idx]
                 z = _draw_z(recipe, len(xb), g_z)
-                loss = _loss(model, xb, z, recipe.objective).mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"train {label}: loss is {float(loss)} at step {step}")
+                step_loss = loss(model, xb, z, recipe.objective).mean()
+                if not torch.isfinite(step_loss):
+                    raise FloatingPointError(f"train {label}: loss is {float(step_loss)} at step {step}")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                step_loss.backward()
                 opt.step()
-                losses.append(float(loss.detach()))
+                losses.append(float(step_loss.detach()))
                 bar.update(1)
                 if step % 10 == 0 or step == recipe.steps - 1:
                     bar.set_postfix(loss=f"{np.mean(losses[-LOSS_WINDOW:]):.2f}")

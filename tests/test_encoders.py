@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import lvm
-from lvm import checkpoint, encoder, train, zoo
+from lvm import checkpoint, encoder, objectives, train, zoo
 from lvm.encoder import (
     EncoderProposal,
     GaussianEncoder,
@@ -154,8 +154,8 @@ def test_training_loss_is_minus_the_bound_on_the_same_draws():
     ll = torch.stack([model.log_likelihood(x[b:b + 1], z[b], F64)[0] for b in range(4)])
     lw = ll + model.log_prior(z) - prop.log_prob(z)
     enc64 = enc.cast(F64, "cpu")
-    assert torch.allclose(-train.encoder_loss(enc64, dec, x, eps, "iwae"), iwae_bound(lw), atol=1e-9)
-    assert torch.allclose(-train.encoder_loss(enc64, dec, x, eps, "vae"), lw.mean(-1), atol=1e-9)
+    assert torch.allclose(-objectives.encoder_loss(enc64, dec, x, eps, "iwae"), iwae_bound(lw), atol=1e-9)
+    assert torch.allclose(-objectives.encoder_loss(enc64, dec, x, eps, "vae"), lw.mean(-1), atol=1e-9)
     # log_weights draws each digit from its own seeded stream: a subset reproduces the whole
     full = log_weights(model, x, 3, seed=1)
     assert full.shape == (4, 3)
@@ -175,7 +175,7 @@ def test_tiny_encoder_training_is_bit_reproducible(tmp_path):
         assert a.model.fingerprint() != other.model.fingerprint()
         meta = a.metadata
         assert meta["encoder_architecture"] == rec.encoder_architecture() and meta["k"] == rec.k
-        assert meta["objective_formula"] == train.OBJECTIVE_FORMULAS[objective] and "log q(z_i|x)" in \
+        assert meta["objective_formula"] == objectives.OBJECTIVE_FORMULAS[objective] and "log q(z_i|x)" in \
             meta["objective_formula"]
         assert set(meta["train_loss_full_split"]) == {"vae", "iwae"} and "test_bounds" not in meta
         path = checkpoint.save_checkpoint(a, tmp_path / f"{objective}.pt")

@@ -24,7 +24,7 @@ from torch import nn
 
 import lvm
 from lvm.numerics import dtype_facts
-from lvm.reference import MixtureProposal
+from lvm.posterior import MixtureProposal
 
 N_ACC = 100_000
 REPEATS = 10

@@ -1,6 +1,6 @@
 """The reductions' fast paths change no bit: every number equals what the plain code gave.
 
-``LogSumExpState.update`` and ``_Diagnostics.add`` skip their NaN / +inf screening when a
+``LogSumExpState.update`` and ``Diagnostics.add`` skip their NaN / +inf screening when a
 chunk has none, skip the zero count's compare when the row extremes settle it, and form the
 exponentials in place in a buffer kept from chunk to chunk. The committed results rely on
 the numbers staying bit for bit what they were, so this module keeps verbatim copies of the
@@ -24,10 +24,11 @@ import pytest
 import torch
 
 import lvm
-import lvm.estimators as estimators
 import lvm.numerics as numerics
-from lvm.estimators import _diag_dtype, _Diagnostics, _zero_cutoff
+import lvm.reductions as reductions
+from lvm.kernels import CHUNK
 from lvm.numerics import LogSumExpState, _reduction_input
+from lvm.reductions import Diagnostics, diag_dtype, zero_cutoff
 from lvm.shared import evaluate
 
 INF, NAN = math.inf, math.nan
@@ -92,7 +93,7 @@ class RefLogSumExpState:
 
 
 class RefDiagnostics:
-    """lvm.estimators._Diagnostics before the fast path, verbatim."""
+    """lvm.reductions.Diagnostics (then lvm.estimators._Diagnostics) before the fast path, verbatim."""
 
     def __init__(self, B, device, dtype=torch.float64):
         self.zero = torch.zeros(B, dtype=torch.int64, device=device)
@@ -104,7 +105,7 @@ class RefDiagnostics:
 
     def add(self, terms, log_w):
         if terms is None:
-            self.zero += (log_w <= _zero_cutoff(log_w.dtype, log_w.device)).sum(-1)
+            self.zero += (log_w <= zero_cutoff(log_w.dtype, log_w.device)).sum(-1)
             terms = log_w
         else:
             self.zero += (terms == 0).sum(-1)
@@ -162,7 +163,7 @@ def chunk(g: torch.Generator, B: int, c: int, dtype: torch.dtype, kind: str, spe
     +inf terms, an all +inf row; "nan" -inf and NaN terms, an all-NaN row; "dirty" all of them,
     with NaN and +inf in one row.
     """
-    cut = _zero_cutoff(dtype, torch.device("cpu"))
+    cut = zero_cutoff(dtype, torch.device("cpu"))
     u = torch.rand(B, c, generator=g, dtype=torch.float64)
     vals = {
         "ll": -550 + 10 * torch.randn(B, c, generator=g, dtype=torch.float64),
@@ -294,12 +295,12 @@ def test_logsumexp_function_bits(monkeypatch):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: numerics.dtype_name(d))
 @pytest.mark.parametrize("plan", range(len(PLANS)))
 def test_diagnostics_of_log_terms_bits(dtype, plan):
-    """_Diagnostics.add(None, log terms), as log_space calls it, in its own diagnostics dtype
+    """Diagnostics.add(None, log terms), as log_space calls it, in its own diagnostics dtype
     and in the other one (float16 terms into float64 bookkeeping, float64 into float32)."""
     B = 40
-    for diag in {_diag_dtype(dtype), torch.float32, torch.float64}:
+    for diag in {diag_dtype(dtype), torch.float32, torch.float64}:
         g = torch.Generator().manual_seed(50 + plan)
-        got, want = _Diagnostics(B, "cpu", diag), RefDiagnostics(B, "cpu", diag)
+        got, want = Diagnostics(B, "cpu", diag), RefDiagnostics(B, "cpu", diag)
         for kind, specials, c in PLANS[plan]:
             a = chunk(g, B, c, dtype, kind, specials)
             got.add(None, a)
@@ -313,8 +314,8 @@ def test_diagnostics_layouts_bits(dtype, specials):
     g = torch.Generator().manual_seed(4)
     base = chunk(g, 60, 24, dtype, "bits", specials)
     for a in (base.T, base.T.contiguous(), base[:, ::2], base[::3].T, base[:, 5:17], base[:0]):
-        diag = _diag_dtype(dtype)
-        got, want = _Diagnostics(len(a), "cpu", diag), RefDiagnostics(len(a), "cpu", diag)
+        diag = diag_dtype(dtype)
+        got, want = Diagnostics(len(a), "cpu", diag), RefDiagnostics(len(a), "cpu", diag)
         for _ in range(2):
             got.add(None, a)
             want.add(None, a)
@@ -324,7 +325,7 @@ def test_diagnostics_layouts_bits(dtype, specials):
 def test_diagnostics_narrowing_cast_bits():
     """float64 log terms beyond float32's range: the float32 bookkeeping sees +inf (or -inf)."""
     a = torch.tensor([[-1.0, 1e300, -2.0], [-1e300, -3.0, -4.0], [-5.0, -6.0, -7.0]], dtype=torch.float64)
-    got, want = _Diagnostics(3, "cpu", torch.float32), RefDiagnostics(3, "cpu", torch.float32)
+    got, want = Diagnostics(3, "cpu", torch.float32), RefDiagnostics(3, "cpu", torch.float32)
     for _ in range(2):
         got.add(None, a)
         want.add(None, a)
@@ -334,12 +335,12 @@ def test_diagnostics_narrowing_cast_bits():
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: numerics.dtype_name(d))
 @pytest.mark.parametrize("plan", range(len(PLANS)))
 def test_diagnostics_of_prob_terms_bits(dtype, plan):
-    """_Diagnostics.add(terms, log terms), as prob_space calls it: zeros, -0.0, negative,
+    """Diagnostics.add(terms, log terms), as prob_space calls it: zeros, -0.0, negative,
     NaN and +inf probability terms included."""
     B = 40
-    diag = _diag_dtype(dtype)
+    diag = diag_dtype(dtype)
     g = torch.Generator().manual_seed(90 + plan)
-    got, want = _Diagnostics(B, "cpu", diag), RefDiagnostics(B, "cpu", diag)
+    got, want = Diagnostics(B, "cpu", diag), RefDiagnostics(B, "cpu", diag)
     for i, (kind, specials, c) in enumerate(PLANS[plan]):
         terms = torch.exp(chunk(g, B, c, dtype, kind, specials))
         if i % 2:
@@ -355,8 +356,8 @@ def test_diagnostics_of_prob_terms_bits(dtype, plan):
 
 
 def _patch_reference(monkeypatch) -> None:
-    monkeypatch.setattr(estimators, "LogSumExpState", RefLogSumExpState)
-    monkeypatch.setattr(estimators, "_Diagnostics", RefDiagnostics)
+    monkeypatch.setattr(reductions, "LogSumExpState", RefLogSumExpState)
+    monkeypatch.setattr(reductions, "Diagnostics", RefDiagnostics)
     monkeypatch.setattr(numerics, "LogSumExpState", RefLogSumExpState)
 
 
@@ -414,7 +415,7 @@ def _estimators(model, x, n, chunk_size):
     return out
 
 
-@pytest.mark.parametrize("chunk_size,n", [(None, 2 * estimators.CHUNK + 123), (700, 1500)])
+@pytest.mark.parametrize("chunk_size,n", [(None, 2 * CHUNK + 123), (700, 1500)])
 def test_estimators_bits(monkeypatch, k2, k2_probs, binary_x, chunk_size, n):
     small = lvm.BernoulliLVM(lvm.seed_decoder(2, hidden=64, layers=2, output="logits", seed=3), 2)
     models = {"k2": k2, "k2-probs": k2_probs, "spiky": Spiky(small)}
@@ -439,7 +440,7 @@ def _evaluate(model, x, n):
 
 
 def test_evaluate_bits(monkeypatch, k2, k2_probs, binary_x):
-    n = estimators.CHUNK + 777
+    n = CHUNK + 777
     got = {("k2", *k): e for k, e in _evaluate(k2, binary_x, n).items()}
     got |= {("k2-probs", *k): e for k, e in _evaluate(k2_probs, binary_x, n).items()}
     _patch_reference(monkeypatch)

@@ -14,7 +14,7 @@ from tiny import run_cli, tiny_toml
 import lvm
 from bench.run.config import ESTIMATORS, Cell, ConfigError, load_config, validate
 from bench.run.store import load_run
-from lvm.estimators import PROPOSAL_CHUNK
+from lvm.kernels import PROPOSAL_CHUNK
 from lvm.shared import estimate, evaluate
 
 FIELDS = ("log_px", "n_zero_terms", "n_nonfinite_terms", "ess")

@@ -14,7 +14,7 @@ import torch
 import lvm
 from bench.run.cell import draw_seed, estimate
 from bench.run.config import ESTIMATORS, Cell
-from lvm.estimators import CHUNK
+from lvm.kernels import CHUNK
 from lvm.shared import estimate as estimate_alone
 from lvm.shared import evaluate
 

@@ -31,7 +31,7 @@ from lvm import sources, zoo
 from lvm.axes import AXES, PARAMETRIZATIONS
 from lvm.encoder import has_encoder
 from lvm.errors import InputError
-from lvm.estimators import CHUNK
+from lvm.kernels import CHUNK
 from lvm.numerics import dtype_facts
 from lvm.rng import entropy
 from lvm.runtime import keep_temporaries_on_heap, set_torch_threads

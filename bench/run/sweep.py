@@ -118,12 +118,12 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
         "config": config.to_dict(), "config_source": config.source,
         "seeds": {"root": config.run["seed"],
                   "draws": "SeedSequence([root, crc32(model), n_samples, repeat]); blocks of "
-                           f"{lvm.estimators.BLOCK} draws from SeedSequence([seed, block])",
+                           f"{lvm.draws.BLOCK} draws from SeedSequence([seed, block])",
                   "figures": f"{LOGLIK_SAMPLES} draws per model as for repeat 2**31 - 1",
                   "binarization": 0},
         "timing": {"budget_s": config.run["time_budget"], "max_runs": MAX_RUNS,
                    "warmup": f"{config.run['warmup']} untimed call(s) on min(N, "
-                             f"{lvm.estimators.CHUNK}) draws",
+                             f"{lvm.kernels.CHUNK}) draws",
                    "shared": "one timing per (estimator, dtype, N, device, network architecture); "
                              "cells.csv timed_model names the model whose weights ran"},
         "dataset": ctx.dataset.identity, "n_cells": len(cells), "excluded_cells": excluded,

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lvm.estimators import CHUNK
+from lvm.kernels import CHUNK
 
 
 def synchronize(device: torch.device | str) -> None:
