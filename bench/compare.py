@@ -104,11 +104,6 @@ class Comparison:
     hardware_mismatches: list[str] = field(default_factory=list)  # why hardware_match is False
 
     @property
-    def k(self) -> float:
-        """The older name of ``se_threshold`` (the ``"k"`` of the JSON report)."""
-        return self.se_threshold
-
-    @property
     def regressions(self) -> list[Change]:
         return [r for r in self.rows if r.verdict == REGRESSION]
 

@@ -52,7 +52,8 @@ replay
     against (the column ``replay_float64`` of a run's raw rows).
 se_threshold
     compare's number of standard errors that counts as a change. Older: ``k`` (the
-    ``--k`` flag, a deprecated alias; the ``"k"`` key of compare's JSON report).
+    ``--k`` flag, a deprecated alias; compare's JSON report carries both ``"se_threshold"`` and
+    the older ``"k"``).
 """
 
 from __future__ import annotations

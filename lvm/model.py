@@ -18,13 +18,12 @@ import torch
 from torch import nn
 from torch.distributions.utils import clamp_probs
 
+from .axes import PARAMETRIZATIONS
 from .encoder import EncoderProposal, GaussianEncoder, build_encoder
 from .errors import InputError, check_int
 from .likelihoods import bernoulli_log_likelihood, std_normal_log_prob
 from .numerics import parse_dtype
 from .protocol import check_data
-
-OUTPUTS = ("logits", "probs")
 
 
 def _activations_in_place(module: nn.Module) -> None:
@@ -77,8 +76,8 @@ class BernoulliLVM:
 
     def __init__(self, decoder: nn.Module, latent_dim: int, output: str = "logits",
                  data_dim: int = 784, *, encoder: GaussianEncoder | None = None):
-        if output not in OUTPUTS:
-            raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+        if output not in PARAMETRIZATIONS:
+            raise InputError(f"output={output!r} is not supported; accepted: {', '.join(PARAMETRIZATIONS)}")
         if not isinstance(decoder, nn.Module):
             raise InputError(f"decoder={reprlib.repr(decoder)} (a {type(decoder).__name__}) is invalid; "
                              "accepted: a torch.nn.Module mapping [N, latent_dim] to [N, data_dim]")
@@ -147,8 +146,8 @@ class BernoulliLVM:
         """
         if output in self._views:
             return self._views[output]
-        if output not in OUTPUTS:
-            raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+        if output not in PARAMETRIZATIONS:
+            raise InputError(f"output={output!r} is not supported; accepted: {', '.join(PARAMETRIZATIONS)}")
         if output == "probs":
             view = BernoulliLVM(nn.Sequential(self.decoder, nn.Sigmoid()), self.latent_dim,
                                 "probs", self.data_dim, encoder=self.encoder)
@@ -223,8 +222,8 @@ def seed_decoder(latent_dim: int = 2, hidden: int = 128, layers: int = 2,
     Linear(128,784)-Sigmoid; ``hidden=512, layers=3, output="logits"`` gives
     the larger "part 4" network. ``layers`` counts hidden layers.
     """
-    if output not in OUTPUTS:
-        raise InputError(f"output={output!r} is not supported; accepted: {', '.join(OUTPUTS)}")
+    if output not in PARAMETRIZATIONS:
+        raise InputError(f"output={output!r} is not supported; accepted: {', '.join(PARAMETRIZATIONS)}")
     if layers < 1 or hidden < 1 or latent_dim < 1:
         raise InputError(f"latent_dim={latent_dim}, hidden={hidden}, layers={layers}: "
                          "accepted: positive integers")

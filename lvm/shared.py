@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import torch
 
 from . import kernels
+from .axes import AUTOCAST_DTYPES, PRECISIONS, PROPOSALS
 from .errors import InputError
 from .estimators import FORMS, log_space, prob_space
 from .numerics import dtype_name, parse_dtype
@@ -36,9 +37,6 @@ from .reductions import Estimate
 from .runtime import check_device
 
 SPACES = ("log", "prob", "outside")  # outside: {"space": "outside", "path": "package.module:function"}
-PRECISIONS = ("cast", "autocast")
-PROPOSALS = ("prior", "encoder")  # z ~ p(z), or z ~ q(z|x) from the model's trained encoder
-AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def check_spec(argument: str, spec: Mapping) -> dict:

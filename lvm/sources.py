@@ -156,10 +156,11 @@ def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False)
 
 
 def _decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str):
-    from .model import OUTPUTS, BernoulliLVM
+    from .axes import PARAMETRIZATIONS
+    from .model import BernoulliLVM
 
-    if output not in OUTPUTS:
-        raise InputError(f"{where}: output={output!r}; accepted: {', '.join(OUTPUTS)}")
+    if output not in PARAMETRIZATIONS:
+        raise InputError(f"{where}: output={output!r}; accepted: {', '.join(PARAMETRIZATIONS)}")
     if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
         raise InputError(f"{where}: latent_dim={latent_dim!r}; accepted: a positive integer")
     p = next(decoder.parameters(), None)

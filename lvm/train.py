@@ -50,8 +50,9 @@ import torch
 
 from . import encoder as _encoder
 from . import rng
+from .axes import PARAMETRIZATIONS
 from .errors import InputError
-from .model import OUTPUTS, BernoulliLVM, architecture, build
+from .model import BernoulliLVM, architecture, build
 from .objectives import ENCODER_OBJECTIVES, OBJECTIVE_FORMULAS, OBJECTIVES, PRIOR_OBJECTIVES, loss
 from .runtime import set_torch_threads
 
@@ -102,7 +103,8 @@ class Recipe:
     encoder_layers: int = 2
 
     def __post_init__(self) -> None:
-        for f, accepted in (("objective", OBJECTIVES), ("output", OUTPUTS), ("z_sharing", Z_SHARING)):
+        for f, accepted in (("objective", OBJECTIVES), ("output", PARAMETRIZATIONS),
+                            ("z_sharing", Z_SHARING)):
             if getattr(self, f) not in accepted:
                 raise InputError(f"{f}={getattr(self, f)!r} is not supported; "
                                  f"accepted: {', '.join(accepted)}")

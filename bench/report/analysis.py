@@ -15,13 +15,12 @@ import numpy as np
 import pandas as pd
 
 from bench.report.render import fmt_num, fmt_pct, fmt_rate
-from bench.run.config import DEVICES, ESTIMATORS
 from bench.run.metrics import wilson
 from bench.run.store import Meta, Run
 from bench.run.timing import estimate_flop
 from lvm import zoo
+from lvm.axes import DEVICES, DTYPES, ESTIMATORS, PARAMETRIZATIONS
 from lvm.errors import InputError
-from lvm.numerics import DTYPES
 
 K2_ARRAYS = ("digit", "decoded", "posterior", "extent", "draws", "hit", "span")  # what Figure 7 draws
 
@@ -45,7 +44,7 @@ class Order:
 
         models = levels("model", model_order or [])
         return cls(levels("estimator", ESTIMATORS), levels("dtype", DTYPES), models,
-                   levels("parametrization", ("logits", "probs")), levels("device", DEVICES))
+                   levels("parametrization", PARAMETRIZATIONS), levels("device", DEVICES))
 
     @property
     def parametrization(self) -> str | None:

@@ -251,7 +251,8 @@ def _comparison_json(comp: Any) -> str:
                                        "new": c.new, "change": c.change, "verdict": c.verdict,
                                        "rule": c.rule, "se": c.se} for c in changes]))
 
-    doc = {"baseline": comp.baseline, "new": comp.new, "k": comp.k,
+    doc = {"baseline": comp.baseline, "new": comp.new, "se_threshold": comp.se_threshold,
+           "k": comp.se_threshold,  # the older name of se_threshold, kept for readers of the JSON
            "throughput_factor": comp.throughput_factor, "hardware_match": comp.hardware_match,
            "hardware_mismatches": comp.hardware_mismatches, "timings_judged": comp.timings_judged,
            "exit_code": comp.exit_code,

@@ -21,6 +21,7 @@ from bench.report.analysis import Finding, Order
 from bench.report.render import fmt_num, fmt_pct, join
 from bench.report.sections.protocol import Section, Table
 from bench.run.store import Run
+from lvm.axes import PROPOSALS
 from lvm.numerics import dtype_facts
 
 TITLE = "Prior or encoder proposal: effective sample size, |bias| and variance against N"
@@ -28,7 +29,6 @@ STEM = "fig10_proposal"
 GROUP = ["model", "parametrization", "device", "estimator", "dtype", "n_samples"]
 VALUES = ["ess", "bias", "bias_se", "bias_resolved", "variance", "underflow_rate", "n_estimates",
           "truth_error"]
-PROPOSALS = ("prior", "encoder")
 
 
 def _measured(run: Run) -> pd.DataFrame:
