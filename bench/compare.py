@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from bench.report import render
+from bench.run import formats
 from bench.run.config import Cell
 from bench.run.environment import identity_mismatches
 from bench.run.metrics import JUDGED, METRICS, Metric, RawStats, raw_stats
@@ -304,7 +305,8 @@ def _check_usable(run: Run, which: str) -> None:
     if run.meta.status not in ("complete", "failed"):  # every cell ran (failed ones are judged as such)
         raise CompareError(f"the {which} run {run.root} is {run.meta.status!r}, not complete: continue it "
                            f"with `lvm-bench run --resume --out {run.root}` before comparing")
-    table = pd.read_csv(run.root / "cells.csv")  # as written: load_run drops rows it cannot place
+    # as written (load_run drops rows it cannot place), in today's format
+    table = formats.upgrade("cells", pd.read_csv(run.root / "cells.csv"), run.meta.format_version)
     lacking = [m.name for m in JUDGED if m.name not in table]
     if lacking:
         raise CompareError(f"{run.root / 'cells.csv'} lacks the judged metric column(s) "

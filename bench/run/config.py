@@ -95,12 +95,8 @@ class Cell:
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Cell:
-        """The cell of a row that has the axes as keys (a cells.csv or raw row, a dict); a row
-        written before the precision (proposal) axis existed is a "cast" ("prior") cell."""
-        row = dict(row)
-        for axis, default in AXIS_DEFAULTS.items():
-            if not isinstance(row.get(axis), str):  # absent, or NaN from a table without it
-                row[axis] = default
+        """The cell of a row that has the axes as keys (a dict, a cells.csv or raw row: a run of an
+        older format has them once :mod:`bench.run.formats` has read it)."""
         try:
             return cls(*(int(row[p]) if p == "n_samples" else str(row[p]) for p in PARAM_NAMES))
         except (KeyError, TypeError, ValueError) as e:
@@ -109,8 +105,9 @@ class Cell:
 
     @property
     def key(self) -> str:
-        """Names the cell's files and identifies it across runs. A "cast" / "prior" cell's key does
-        not name its precision / proposal: keys of runs made before those axes existed stay valid."""
+        """Names the cell's files and identifies it across runs. An axis of AXIS_DEFAULTS is named
+        only off its first level ("cast", "prior"), so that keys stay the same when such an axis is
+        added (the key rule of results format 2, :mod:`bench.run.formats`)."""
         return "__".join(str(getattr(self, p)) for p in PARAM_NAMES
                          if p not in AXIS_DEFAULTS or getattr(self, p) != AXIS_DEFAULTS[p])
 

@@ -120,7 +120,7 @@ def resolution(bias: float, mc_bias: float, truth_se: np.ndarray) -> dict[str, f
 
 
 def resolved(bias, mc_bias, truth_error) -> dict:
-    """The two flags of :func:`resolution`, for numbers or for columns of an older run."""
+    """The two flags of :func:`resolution`, for numbers or for arrays of them."""
     flag = lambda b: np.where(np.isfinite(b) & (np.abs(b) >= RESOLVE_FACTOR * truth_error), 1.0, 0.0)  # noqa: E731
     out = {"bias_resolved": flag(bias), "mc_bias_resolved": flag(mc_bias)}
     return {k: float(v) for k, v in out.items()} if np.ndim(bias) == 0 else out
