@@ -115,10 +115,10 @@ class Run:
         """The measured cells (status ok) of the cast policy and the prior proposal: what the
         report's figures, tables and findings read (:mod:`bench.report.sections.precision` and
         :mod:`bench.report.sections.proposal` set the other levels beside them)."""
-        return self.at_defaults(self.cells[self.cells["status"] == "ok"], "precision", "proposal")
+        return self.at()
 
     @staticmethod
-    def at_defaults(frame: pd.DataFrame, *axes: str) -> pd.DataFrame:
+    def _at_defaults(frame: pd.DataFrame, *axes: str) -> pd.DataFrame:
         """The rows of ``frame`` at the first level of each of ``axes`` (cast, prior); a frame
         made by hand may lack such a column: then every row is at that level."""
         keep = np.ones(len(frame), dtype=bool)
@@ -139,7 +139,7 @@ class Run:
                              f"accepted: {', '.join(AXIS_DEFAULTS)}")
         if frame is None:
             frame = self.cells[self.cells["status"] == "ok"]
-        return self.at_defaults(frame, *(a for a in AXIS_DEFAULTS if a not in vary))
+        return self._at_defaults(frame, *(a for a in AXIS_DEFAULTS if a not in vary))
 
     @cached_property
     def raw(self) -> pd.DataFrame | None:
