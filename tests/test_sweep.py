@@ -17,6 +17,7 @@ from tiny import run_cli as _cli
 from tiny import tiny_toml
 
 from bench.run.metrics import TIMING_COLUMNS
+from bench.run.store import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,7 @@ def reference_run(tiny_run) -> Path:
 def test_tiny_run_writes_tidy_tables(reference_run):
     cells = pd.read_csv(reference_run / "cells.csv")
     meta = json.loads((reference_run / "meta.json").read_text())
-    raw = pd.read_parquet(reference_run / "raw.parquet")
+    raw = load_run(reference_run).raw
     # 3 estimators x 3 dtypes x 3 N x 2 parametrizations x 2 devices, minus acc32 at f32/f64
     assert len(cells) == (3 * 3 - 2) * 3 * 2 * 2
     ok = cells[cells.status == "ok"]
@@ -71,7 +72,7 @@ def test_tiny_run_writes_tidy_tables(reference_run):
 
 def test_raw_rows_agree_with_cells(reference_run):
     cells = pd.read_csv(reference_run / "cells.csv")
-    raw = pd.read_parquet(reference_run / "raw.parquet")
+    raw = load_run(reference_run).raw
     keys = ["estimator", "dtype", "n_samples", "model", "parametrization", "device"]
     for _, row in cells[cells.status == "ok"].iterrows():
         sel = raw
