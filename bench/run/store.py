@@ -149,6 +149,9 @@ class Run:
         elif (self.root / "raw.csv.gz").exists():
             raw = pd.read_csv(self.root / "raw.csv.gz")
         else:
+            if (self.root / "raw.parquet").exists():  # written where pyarrow was, read where it is not
+                self.problems.append("raw.parquet cannot be read without pyarrow (pip install "
+                                     "'lvm-bench[parquet]'); what reads the raw rows is left out")
             return None
         return formats.upgrade("raw", raw, self.meta.format_version)
 
