@@ -55,6 +55,18 @@ def no_training(monkeypatch):
     monkeypatch.setattr(train, "train", boom)
 
 
+# Fixtures that run a sweep (seconds to minutes on 2 cores): a test that uses one is `slow`.
+SWEEP_FIXTURES = {"tiny_run", "encoder_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that run a sweep through a fixture `slow` (`pytest -m "not slow"` leaves them
+    out for a fast development loop; CI runs everything)."""
+    for item in items:
+        if SWEEP_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> str:
     """One model and ground-truth cache for every sweep the tests run."""

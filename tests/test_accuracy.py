@@ -38,6 +38,8 @@ from lvm.data import load
 from lvm.numerics import dtype_facts
 from lvm.runtime import set_torch_threads
 
+pytestmark = pytest.mark.slow  # every test here runs sweeps or subprocesses
+
 B = 8  # real test digits for the ground-truth comparison (quadrature: ~15 s for all 8)
 N = 1_000
 REPEATS = 20

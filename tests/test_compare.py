@@ -29,6 +29,8 @@ from bench.compare import (
 from bench.run.config import PARAM_NAMES, Cell
 from bench.run.metrics import RawStats
 
+pytestmark = pytest.mark.slow  # every test here runs sweeps or subprocesses
+
 OFFSET = 1.0  # nats the degraded estimator adds to every log-space estimate
 
 

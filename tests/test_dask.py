@@ -19,6 +19,8 @@ from bench.run.executors import DaskExecutor  # noqa: E402
 from bench.run.metrics import TIMING_COLUMNS  # noqa: E402
 from bench.run.sweep import run  # noqa: E402
 
+pytestmark = pytest.mark.slow  # every test here runs sweeps or subprocesses
+
 
 def _config(tmp_path, n_samples="10,100,1000"):
     cfg = tmp_path / "tiny.toml"

@@ -134,6 +134,7 @@ def test_mnist5k_splits_are_disjoint():
     assert len(set(test.labels[:30].tolist())) > 3  # prefix is shuffled, not sorted
 
 
+@pytest.mark.slow
 def test_mnist5k_same_bits_in_another_process(tmp_path):
     here = data.load("mnist-5k", "test", seed=3, cache_dir=tmp_path / "c1").identity
     code = ("import json, sys; from lvm import data; "

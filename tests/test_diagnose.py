@@ -17,6 +17,7 @@ def result(cache_dir):
     return diagnose("prior-iwae-k2", n_data=8, n_samples=[100], cache_dir=cache_dir)
 
 
+@pytest.mark.slow
 def test_rows_cover_every_setting_and_judge_them(result):
     settings = {r.setting for r in result.rows}
     assert len(settings) == 4 * 4 + 2 * 4  # 4 dtypes x 4 estimators cast, + autocast at float16/bfloat16
@@ -34,6 +35,7 @@ def test_rows_cover_every_setting_and_judge_them(result):
     assert rec.seconds <= 1.1 * min(r.seconds for r in result.rows if r.safe)
 
 
+@pytest.mark.slow
 def test_json_text_and_markdown_forms(result):
     j = result.to_json()
     assert j["recommendation"] == result.recommendation.setting and len(j["rows"]) == len(result.rows)

@@ -213,6 +213,7 @@ def test_get_trains_an_encoder_family_once_into_the_cache(monkeypatch, tmp_path)
 # ----------------------------------------------------------------------------- shipped checkpoints
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ENCODED)
 def test_shipped_encoder_checkpoints_reproduce_their_bounds(name, no_training, digits, tmp_path):
     path = zoo.shipped_path(name)

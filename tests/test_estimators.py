@@ -114,6 +114,7 @@ def test_var_w_closed_form_matches_the_estimators_ess(cases):
     assert ((N_ACC / est.ess - 1) / v - 1).abs().max() < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("K", [2, 10])
 def test_log_space_within_4_se_of_exact(cases, repeats, K, dtype):
@@ -137,6 +138,7 @@ def test_log_space_within_4_se_of_exact(cases, repeats, K, dtype):
     assert ((ratio > lo) & (ratio < hi)).all(), f"std / theory {ratio.tolist()} not in [{lo:.2f}, {hi:.2f}]"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("form", ["product", "exp"])
 def test_prob_space_underflows_exactly_where_theory_says(cases, repeats, form):
     """float32: every term p(x|z_i) (log < -500) is below 1.4e-45, so the estimate is -inf.

@@ -415,6 +415,7 @@ def _estimators(model, x, n, chunk_size):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunk_size,n", [(None, 2 * CHUNK + 123), (700, 1500)])
 def test_estimators_bits(monkeypatch, k2, k2_probs, binary_x, chunk_size, n):
     small = lvm.BernoulliLVM(lvm.seed_decoder(2, hidden=64, layers=2, output="logits", seed=3), 2)
@@ -439,6 +440,7 @@ def _evaluate(model, x, n):
     return out
 
 
+@pytest.mark.slow
 def test_evaluate_bits(monkeypatch, k2, k2_probs, binary_x):
     n = CHUNK + 777
     got = {("k2", *k): e for k, e in _evaluate(k2, binary_x, n).items()}

@@ -112,6 +112,7 @@ def _run(cfg: Path, out: Path, cache: str, *extra: str) -> int:
                  *extra])
 
 
+@pytest.mark.slow
 def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, cache_dir, capsys):
     out = tmp_path / "run"
     assert _run(_tiny(pkg), out, cache_dir) == 0

@@ -26,6 +26,7 @@ def trained():
     return lvm.zoo.get("prior-iwae-k2"), lvm.data.load("mnist-5k", "test").x[:6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_autocast_shared_pass_equals_each_estimator_alone(trained, dtype):
     model, x = trained
@@ -89,6 +90,7 @@ def test_cell_keys_of_cast_cells_do_not_change():
     assert a.key == c.key + "__autocast" and Cell.of(a.axes()) == a  # a row without the axis: test_formats
 
 
+@pytest.mark.slow
 def test_runs_from_before_the_axis_read_as_cast():
     """results/full was made before the precision axis existed: its tables lack the column."""
     root = ROOT / "results" / "full"
@@ -97,6 +99,7 @@ def test_runs_from_before_the_axis_read_as_cast():
     assert set(run.cells["precision"]) == {"cast"} and len(run.ok) == (run.cells["status"] == "ok").sum()
 
 
+@pytest.mark.slow
 def test_raw_rows_from_before_the_axis_read_as_cast():
     """The same for results/full's raw rows, which it keeps as raw.parquet only: reading them is the
     parquet extra's job."""
@@ -104,6 +107,7 @@ def test_raw_rows_from_before_the_axis_read_as_cast():
     assert set(load_run(ROOT / "results" / "full").raw["precision"]) == {"cast"}
 
 
+@pytest.mark.slow
 def test_sweep_with_both_policies_reports_them_side_by_side(tmp_path, cache_dir, capsys):
     cfg = tmp_path / "ac.toml"
     cfg.write_text(tiny_toml(run={"name": "ac", "n_data": 4, "repeats": 2},

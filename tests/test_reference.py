@@ -14,6 +14,7 @@ import lvm
 K_SE = 4.0
 
 
+@pytest.mark.slow
 def test_quadrature_matches_exact_within_1e_6_nats(lg2):
     """Three model samples and one off-distribution point (log p ~ -1000) at K = 2, D = 784."""
     x = lg2.sample_x(3, torch.Generator().manual_seed(2))
@@ -29,6 +30,7 @@ def test_quadrature_matches_exact_within_1e_6_nats(lg2):
     assert (ref.se <= 1e-6).all() and ref.meta["max_err"] <= 1e-6
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scale", [0.5, 1.0])
 def test_importance_reference_at_k10_within_4_reported_se_of_exact(scale):
     """K = 10: at scale 1 the posterior is 5x narrower than the prior on every axis (prior
@@ -65,6 +67,7 @@ def test_two_proposals_that_disagree_report_their_difference_as_the_error():
     assert err[1] == (a[1] - b[1]).abs() and abs(float(err[1]) - 0.5) < 1e-12
 
 
+@pytest.mark.slow
 def test_quadrature_on_a_trained_decoder_halves_its_error_per_refinement():
     """prior-iwae-k2 (ELU, once differentiable) on test digit 10, whose integrand converged the
     slowest of the first 12 tried (one refinement gains only a factor 2.5): every refinement at
@@ -86,6 +89,7 @@ def test_quadrature_on_a_trained_decoder_halves_its_error_per_refinement():
     assert abs(float(default.log_px[0] - fine.log_px[0])) <= default.se[0], (default.meta, fine.meta)
 
 
+@pytest.mark.slow
 def test_importance_agrees_with_quadrature_on_the_part2_decoder(part2, binary_x):
     """A non-Gaussian check: both references on the ELU decoder, K = 2."""
     x = binary_x[:2]
