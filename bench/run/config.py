@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.run import limits
 from lvm import sources, zoo
 from lvm.errors import InputError
 from lvm.numerics import DTYPES
@@ -37,7 +38,6 @@ OUTSIDE = {"space": "outside", "form": None, "accumulate": None}  # an estimator
 PARAMETRIZATIONS = ("logits", "probs")
 PRECISIONS = ("cast", "autocast")  # lvm.shared.policy: cast the model, or torch.autocast it
 PROPOSALS = ("prior", "encoder")  # lvm.shared: draws from p(z), or from the model's trained q(z|x)
-CAP_JOIN = "+"  # limits.max_n_samples."float16+encoder": a cap on the cells at both levels
 MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
 DEVICES = ("cpu", "cuda", "mps")
 
@@ -168,20 +168,19 @@ class Config:
         ``unavailable``: {(model, parametrization or proposal): why} for what a loaded model cannot
         give (a likelihood, an encoder); zoo models without an encoder are known without loading."""
         cells, excluded = [], []
-        caps = self.data["limits"]["max_n_samples"]
         unavailable = unavailable or {}
         axes = {**self.grid, "model": list(self.models)}
         for combo in itertools.product(*(axes[p] for p in PARAM_NAMES)):
             cell = Cell(*combo)
             reason = (unavailable.get((cell.model, cell.parametrization))
-                      or unavailable.get((cell.model, cell.proposal)) or self._exclusion(cell, caps))
+                      or unavailable.get((cell.model, cell.proposal)) or self._exclusion(cell))
             if reason:
                 excluded.append({"cell": cell.key, "reason": reason})
             else:
                 cells.append(cell)
         return cells, excluded
 
-    def _exclusion(self, cell: Cell, caps: dict[str, int]) -> str | None:
+    def _exclusion(self, cell: Cell) -> str | None:
         """Why the grid's rules leave ``cell`` out, or None."""
         if cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
             return "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
@@ -194,18 +193,20 @@ class Config:
             if family not in ("outside", *zoo.ENCODER_FAMILIES):
                 return (f"model {cell.model!r} has no encoder (zoo families with one: "
                         f"{', '.join(f'{f}-kK' for f in zoo.ENCODER_FAMILIES)})")
-        reason = None
-        levels = (cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.model)
-        # single levels in axis order, then combinations: the last cap that excludes names the reason
-        keys = [v for v in levels if v in caps] + [k for k in caps if CAP_JOIN in k]
-        for key in keys:
-            if set(key.split(CAP_JOIN)) <= set(levels) and cell.n_samples > caps[key]:
-                why = self.data["limits"]["reasons"].get(key)
-                reason = f"limits.max_n_samples.{key} = {caps[key]}" + (f": {why}" if why else "")
-        return reason
+        return limits.exclusion((cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.model),
+                                cell.n_samples, self.data["limits"])
+
+    def inert_limits(self) -> list[str]:
+        """The ``[limits]`` keys naming a level this grid lacks: they cap nothing (meta.json lists them)."""
+        return limits.inert(self.data["limits"]["max_n_samples"], _levels(self.grid, self.models))
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.data)
+
+
+def _levels(grid: dict[str, list], labels) -> list[str]:
+    """The levels of this grid a ``[limits]`` key can name."""
+    return [*grid["dtype"], *grid["estimator"], *grid["precision"], *grid["proposal"], *labels]
 
 
 def _suggest(word: str, options) -> str:
@@ -383,17 +384,7 @@ def _check_axes(data: dict, source: str) -> None:
     if run["reference"] not in ("auto", "quadrature", "importance"):
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
-    levels = (*DTYPES, *grid["estimator"], *PRECISIONS, *PROPOSALS, *labels)
-    for key, cap in data["limits"]["max_n_samples"].items():
-        if (not set(key.split(CAP_JOIN)) <= set(levels) or not isinstance(cap, int) or cap <= 0):
-            raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
-                              f"({', '.join(DTYPES)}), an estimator of the grid "
-                              f"({', '.join(grid['estimator'])}), a precision policy "
-                              f"({', '.join(PRECISIONS)}), a proposal ({', '.join(PROPOSALS)}) or a model of "
-                              f"the grid ({', '.join(labels)}), or several joined by {CAP_JOIN!r} (the cells "
-                              "at all of them), mapped to a positive integer")
-    for key, why in data["limits"]["reasons"].items():
-        if key not in data["limits"]["max_n_samples"] or not isinstance(why, str):
-            capped = ", ".join(data["limits"]["max_n_samples"]) or "none"
-            raise ConfigError(f"{source}: limits.reasons.{key} = {why!r}; accepted: a text, for a key "
-                              f"of limits.max_n_samples ({capped})")
+    problem = limits.problem(data["limits"], _levels(grid, labels),
+                             (*DTYPES, *ESTIMATORS, *PRECISIONS, *PROPOSALS), labels)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
