@@ -67,3 +67,12 @@ def test_the_sweep_lists_the_inert_keys_in_meta(tmp_path, cache_dir):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["limits_inert"] == ["prior-iwae-k2", "float16"]
     assert [e["reason"] for e in meta["excluded_cells"]] == ["limits.max_n_samples.log_space = 5"]
+
+
+def test_a_cap_set_on_the_command_line_keeps_the_others():
+    """`lvm-bench run --set limits.max_n_samples=float16:100` (the guide shows it) sets one cap."""
+    quick = load_config("quick").data["limits"]
+    config = load_config("quick", ["limits.max_n_samples=float16:100", "limits.reasons=float16:emulated"])
+    assert config.data["limits"]["max_n_samples"] == {**quick["max_n_samples"], "float16": 100}
+    assert config.data["limits"]["reasons"] == {**quick["reasons"], "float16": "emulated"}
+    assert max(c.n_samples for c in config.cells()[0] if c.dtype == "float16") == 100

@@ -265,7 +265,8 @@ def _scalar(raw: str) -> Any:
 
 
 def apply_override(data: dict, assignment: str) -> None:
-    """Apply ``section.key=value`` (lists comma-separated) to a raw config dict."""
+    """Apply ``section.key=value`` (lists comma-separated) to a raw config dict. A table key
+    (``limits.max_n_samples=float16:100``) sets the entries it names and keeps the others."""
     key, eq, raw = assignment.partition("=")
     if not eq:
         raise ConfigError(f"--set {assignment!r}: accepted form: section.key=value")
@@ -280,7 +281,9 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: unknown key {section}.{name}"
                           f"{_suggest(name, SCHEMA[section])}; accepted: "
                           f"{', '.join(f'{section}.{k}' for k in SCHEMA[section])}")
-    data.setdefault(section, {})[name] = _parse_value(raw, SCHEMA[section][name])
+    value, body = _parse_value(raw, SCHEMA[section][name]), data.setdefault(section, {})
+    merge = isinstance(value, dict) and isinstance(body.get(name), dict)
+    body[name] = {**body[name], **value} if merge else value
 
 
 def load_config(name_or_path: str = "quick", overrides: list[str] | None = None) -> Config:
