@@ -9,8 +9,7 @@ Glossary (the word in code, CLI, columns and docs; an older spelling that surviv
 renaming it would move results or break a saved file is named after "older:"):
 
 axis
-    A dimension of the grid (:data:`AXES`); its values are *levels*. Older: ``PARAM_NAMES``
-    (``bench.run.config`` re-exports it, after asv's ``param_names``).
+    A dimension of the grid (:data:`AXES`); its values are *levels*.
 estimator
     A named Monte Carlo estimator of log p(x) (:data:`ESTIMATORS`), given by its *spec*:
     ``space`` (log or prob; ``outside`` for an estimator of :mod:`lvm.sources`), ``form``

@@ -24,7 +24,7 @@ def test_the_harness_reads_the_levels_from_here_not_a_copy():
     for name in ("AXIS_DEFAULTS", "DEVICES", "DTYPES", "ESTIMATORS", "OUTSIDE", "PARAMETRIZATIONS",
                  "PRECISIONS", "PROPOSALS"):
         assert getattr(config, name) is getattr(axes, name), name
-    assert config.PARAM_NAMES is axes.AXES and lvm.numerics.DTYPES is axes.DTYPES
+    assert config.AXES is axes.AXES and lvm.numerics.DTYPES is axes.DTYPES
 
 
 def test_defaults_and_levels_are_levels_of_known_axes():

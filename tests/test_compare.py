@@ -26,8 +26,9 @@ from bench.compare import (
     compare_runs,
     judge_cell,
 )
-from bench.run.config import PARAM_NAMES, Cell
+from bench.run.config import Cell
 from bench.run.metrics import RawStats
+from lvm.axes import AXES
 
 pytestmark = pytest.mark.slow  # every test here runs sweeps or subprocesses
 
@@ -149,7 +150,7 @@ def test_cells_in_one_run_only_are_listed(runs, tmp_path, capsys):
     def edit(cells):
         def where(r):
             m = pd.Series(True, index=cells.index)
-            for p in PARAM_NAMES:
+            for p in AXES:
                 m &= cells[p] == r[p]
             return m
 
@@ -294,7 +295,7 @@ def test_rounding_error_not_judged_without_raw_rows(runs, tmp_path):
 
 
 def test_markdown_fits_a_pull_request_comment():
-    cells = [dict(zip(PARAM_NAMES,
+    cells = [dict(zip(AXES,
                       ("log_space", "float32", n, "untrained-k2", "logits", "cpu", "cast", "prior"),
                       strict=True))
              for n in range(1, 3001)]
@@ -309,7 +310,7 @@ def test_markdown_fits_a_pull_request_comment():
 
 # ------------------------------------------------------------------ the rules, one by one
 
-CELL = dict(zip(PARAM_NAMES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu", "cast", "prior"),
+CELL = dict(zip(AXES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu", "cast", "prior"),
                 strict=True))
 BASE = {"underflow_rate": 0.0, "underflow_ci_low": 0.0, "underflow_ci_high": 0.1379, "nonfinite_rate": 0.0,
         "bias": -0.05, "bias_se": 0.01, "rounding_error_mean": 0.0, "terms_per_s": 1e5}

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from bench.run import limits
 from lvm import sources, zoo
 from lvm.axes import (
     AXES,
@@ -33,8 +34,6 @@ from lvm.axes import (
 from lvm.errors import InputError
 
 # The axes and their levels are lvm.axes' (imported here also for this module's callers).
-PARAM_NAMES = AXES  # the older spelling of lvm.axes.AXES (asv's param_names), kept for its callers
-CAP_JOIN = "+"  # limits.max_n_samples."float16+encoder": a cap on the cells at both levels
 MAX_N_SAMPLES = 10**8  # a bound, so that a typo (10^12) is an error rather than a run that never ends
 
 SCHEMA: dict[str, dict[str, type | tuple[type, ...]]] = {
@@ -98,17 +97,17 @@ class Cell:
         """The cell of a row that has the axes as keys (a dict, a cells.csv or raw row: a run of an
         older format has them once :mod:`bench.run.formats` has read it)."""
         try:
-            return cls(*(int(row[p]) if p == "n_samples" else str(row[p]) for p in PARAM_NAMES))
+            return cls(*(int(row[p]) if p == "n_samples" else str(row[p]) for p in AXES))
         except (KeyError, TypeError, ValueError) as e:
             raise ConfigError(f"a row lacks a valid cell coordinate ({e!r}); accepted: "
-                              f"{', '.join(PARAM_NAMES)} with an integer n_samples") from e
+                              f"{', '.join(AXES)} with an integer n_samples") from e
 
     @property
     def key(self) -> str:
         """Names the cell's files and identifies it across runs. An axis of AXIS_DEFAULTS is named
         only off its first level ("cast", "prior"), so that keys stay the same when such an axis is
         added (the key rule of results format 2, :mod:`bench.run.formats`)."""
-        return "__".join(str(getattr(self, p)) for p in PARAM_NAMES
+        return "__".join(str(getattr(self, p)) for p in AXES
                          if p not in AXIS_DEFAULTS or getattr(self, p) != AXIS_DEFAULTS[p])
 
     @property
@@ -120,7 +119,7 @@ class Cell:
 
     def axes(self) -> dict[str, Any]:
         """The axes as a dict, in grid order."""
-        return {p: getattr(self, p) for p in PARAM_NAMES}
+        return {p: getattr(self, p) for p in AXES}
 
     def coords(self) -> dict[str, Any]:
         """The axes and what follows from them: the columns cells.csv starts with."""
@@ -156,20 +155,19 @@ class Config:
         ``unavailable``: {(model, parametrization or proposal): why} for what a loaded model cannot
         give (a likelihood, an encoder); zoo models without an encoder are known without loading."""
         cells, excluded = [], []
-        caps = self.data["limits"]["max_n_samples"]
         unavailable = unavailable or {}
         axes = {**self.grid, "model": list(self.models)}
-        for combo in itertools.product(*(axes[p] for p in PARAM_NAMES)):
+        for combo in itertools.product(*(axes[p] for p in AXES)):
             cell = Cell(*combo)
             reason = (unavailable.get((cell.model, cell.parametrization))
-                      or unavailable.get((cell.model, cell.proposal)) or self._exclusion(cell, caps))
+                      or unavailable.get((cell.model, cell.proposal)) or self._exclusion(cell))
             if reason:
                 excluded.append({"cell": cell.key, "reason": reason})
             else:
                 cells.append(cell)
         return cells, excluded
 
-    def _exclusion(self, cell: Cell, caps: dict[str, int]) -> str | None:
+    def _exclusion(self, cell: Cell) -> str | None:
         """Why the grid's rules leave ``cell`` out, or None."""
         if cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
             return "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
@@ -182,18 +180,20 @@ class Config:
             if family not in ("outside", *zoo.ENCODER_FAMILIES):
                 return (f"model {cell.model!r} has no encoder (zoo families with one: "
                         f"{', '.join(f'{f}-kK' for f in zoo.ENCODER_FAMILIES)})")
-        reason = None
-        levels = (cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.model)
-        # single levels in axis order, then combinations: the last cap that excludes names the reason
-        keys = [v for v in levels if v in caps] + [k for k in caps if CAP_JOIN in k]
-        for key in keys:
-            if set(key.split(CAP_JOIN)) <= set(levels) and cell.n_samples > caps[key]:
-                why = self.data["limits"]["reasons"].get(key)
-                reason = f"limits.max_n_samples.{key} = {caps[key]}" + (f": {why}" if why else "")
-        return reason
+        return limits.exclusion((cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.model),
+                                cell.n_samples, self.data["limits"])
+
+    def inert_limits(self) -> list[str]:
+        """The ``[limits]`` keys naming a level this grid lacks: they cap nothing (meta.json lists them)."""
+        return limits.inert(self.data["limits"]["max_n_samples"], _levels(self.grid, self.models))
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self.data)
+
+
+def _levels(grid: dict[str, list], labels) -> list[str]:
+    """The levels of this grid a ``[limits]`` key can name."""
+    return [*grid["dtype"], *grid["estimator"], *grid["precision"], *grid["proposal"], *labels]
 
 
 def _suggest(word: str, options) -> str:
@@ -252,7 +252,8 @@ def _scalar(raw: str) -> Any:
 
 
 def apply_override(data: dict, assignment: str) -> None:
-    """Apply ``section.key=value`` (lists comma-separated) to a raw config dict."""
+    """Apply ``section.key=value`` (lists comma-separated) to a raw config dict. A table key
+    (``limits.max_n_samples=float16:100``) sets the entries it names and keeps the others."""
     key, eq, raw = assignment.partition("=")
     if not eq:
         raise ConfigError(f"--set {assignment!r}: accepted form: section.key=value")
@@ -267,7 +268,9 @@ def apply_override(data: dict, assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: unknown key {section}.{name}"
                           f"{_suggest(name, SCHEMA[section])}; accepted: "
                           f"{', '.join(f'{section}.{k}' for k in SCHEMA[section])}")
-    data.setdefault(section, {})[name] = _parse_value(raw, SCHEMA[section][name])
+    value, body = _parse_value(raw, SCHEMA[section][name]), data.setdefault(section, {})
+    merge = isinstance(value, dict) and isinstance(body.get(name), dict)
+    body[name] = {**body[name], **value} if merge else value
 
 
 def load_config(name_or_path: str = "quick", overrides: list[str] | None = None) -> Config:
@@ -298,7 +301,7 @@ def validate(raw: dict, source: str = "<dict>") -> Config:
     data = copy.deepcopy(DEFAULTS)
     for section, body in raw.items():
         data[section].update(body)
-    missing = [p for p in PARAM_NAMES if p not in data["grid"]]
+    missing = [p for p in AXES if p not in data["grid"]]
     if missing:
         raise ConfigError(f"{source}: [grid] lacks {', '.join(missing)}; every axis needs a list")
     _check_axes(data, source)
@@ -339,7 +342,7 @@ def _check_axes(data: dict, source: str) -> None:
             raise ConfigError(f"{source}: grid.model values {labels[label]!r} and {m!r} share the label "
                               f"{label!r}; accepted: distinct labels (write label=<spec>)")
         labels[label] = m
-    for axis in PARAM_NAMES:
+    for axis in AXES:
         if not grid[axis]:
             raise ConfigError(f"{source}: grid.{axis} is empty; accepted: a non-empty list")
         if len(set(map(str, grid[axis]))) != len(grid[axis]):
@@ -371,17 +374,7 @@ def _check_axes(data: dict, source: str) -> None:
     if run["reference"] not in ("auto", "quadrature", "importance"):
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
-    levels = (*DTYPES, *grid["estimator"], *PRECISIONS, *PROPOSALS, *labels)
-    for key, cap in data["limits"]["max_n_samples"].items():
-        if (not set(key.split(CAP_JOIN)) <= set(levels) or not isinstance(cap, int) or cap <= 0):
-            raise ConfigError(f"{source}: limits.max_n_samples.{key} = {cap!r}; accepted: a dtype "
-                              f"({', '.join(DTYPES)}), an estimator of the grid "
-                              f"({', '.join(grid['estimator'])}), a precision policy "
-                              f"({', '.join(PRECISIONS)}), a proposal ({', '.join(PROPOSALS)}) or a model of "
-                              f"the grid ({', '.join(labels)}), or several joined by {CAP_JOIN!r} (the cells "
-                              "at all of them), mapped to a positive integer")
-    for key, why in data["limits"]["reasons"].items():
-        if key not in data["limits"]["max_n_samples"] or not isinstance(why, str):
-            capped = ", ".join(data["limits"]["max_n_samples"]) or "none"
-            raise ConfigError(f"{source}: limits.reasons.{key} = {why!r}; accepted: a text, for a key "
-                              f"of limits.max_n_samples ({capped})")
+    problem = limits.problem(data["limits"], _levels(grid, labels),
+                             (*DTYPES, *ESTIMATORS, *PRECISIONS, *PROPOSALS), labels)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")

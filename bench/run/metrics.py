@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 from scipy.stats import binomtest
 
-from bench.run.config import PARAM_NAMES, Cell
+from bench.run.config import Cell
+from lvm.axes import AXES
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
@@ -140,7 +141,7 @@ class RawStats:
 
 def raw_stats(raw: pd.DataFrame | None) -> dict[Cell, RawStats] | None:
     """Per cell :class:`RawStats` from a run's raw rows; None when the run has none."""
-    need = {*PARAM_NAMES, "repeat", "datapoint", "estimate", "replay_float64"}
+    need = {*AXES, "repeat", "datapoint", "estimate", "replay_float64"}
     if raw is None or not need <= set(raw.columns):
         return None
     raw = raw.copy()
@@ -149,7 +150,7 @@ def raw_stats(raw: pd.DataFrame | None) -> dict[Cell, RawStats] | None:
     raw["_err"] = est - raw["truth"].to_numpy(float) if "truth" in raw else np.nan
     raw["_scale"] = np.where(np.isfinite(rep), np.abs(rep), np.nan)
     out = {}
-    for key, g in raw.groupby(list(PARAM_NAMES), sort=False):
+    for key, g in raw.groupby(list(AXES), sort=False):
         rnd = g["_rnd"].to_numpy()
         rnd_fin = rnd[np.isfinite(rnd)]
         row_se = float(rnd_fin.std(ddof=1) / math.sqrt(len(rnd_fin))) if len(rnd_fin) >= 2 else float("nan")
@@ -165,7 +166,7 @@ def raw_stats(raw: pd.DataFrame | None) -> dict[Cell, RawStats] | None:
         finite = [v for v in (row_se, rep_rnd) if math.isfinite(v)]
         scale = g["_scale"].dropna()
         nan = float("nan")
-        out[Cell.of(dict(zip(PARAM_NAMES, key, strict=True)))] = RawStats(
+        out[Cell.of(dict(zip(AXES, key, strict=True)))] = RawStats(
             max(finite) if finite else nan, rep_err, float(scale.mean()) if len(scale) else nan)
     return out
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from bench.run import formats
-from bench.run.config import AXIS_DEFAULTS, PARAM_NAMES, Cell, model_facts
+from bench.run.config import AXES, AXIS_DEFAULTS, Cell, model_facts
 from bench.run.formats import RunError
 from bench.run.metrics import NUMERIC
 from bench.run.rundir import RunStore, atomic_write, has_parquet, write_json, write_text
@@ -86,7 +86,7 @@ def _numeric_cells(cells: pd.DataFrame) -> pd.DataFrame:
             cells[c] = np.nan
     cells["n_samples"] = pd.to_numeric(cells["n_samples"], errors="coerce")
     cells = cells.dropna(subset=["n_samples"]).astype({"n_samples": int})
-    for p in PARAM_NAMES:
+    for p in AXES:
         if p != "n_samples":
             cells[p] = cells[p].astype(str)
     if cells["space"].isna().any():
@@ -208,7 +208,7 @@ def load_run(path: str | os.PathLike) -> Run:
         cells = formats.upgrade("cells", pd.read_csv(path), version)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: cannot be read as a table ({e})") from e
-    lacking = [c for c in (*PARAM_NAMES, "status") if c not in cells]
+    lacking = [c for c in (*AXES, "status") if c not in cells]
     if lacking:
         raise RunError(f"{path}: lacks the column(s) {', '.join(lacking)}: not a cells table of results "
                        f"format {version}")
@@ -234,7 +234,7 @@ def _missing_cells(meta: Meta, cells: pd.DataFrame) -> list[str]:
         expected, _ = validate(meta.config, "meta.json").cells()
     except (InputError, KeyError, TypeError) as e:
         return [f"the grid in meta.json cannot be expanded ({e}); missing cells are not listed"]
-    have = {Cell.of(r).key for r in cells[list(PARAM_NAMES)].to_dict("records")}
+    have = {Cell.of(r).key for r in cells[list(AXES)].to_dict("records")}
     lost = [c.key for c in expected if c.key not in have]
     if not lost:
         return []

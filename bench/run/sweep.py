@@ -127,6 +127,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
                    "shared": "one timing per (estimator, dtype, N, device, network architecture); "
                              "cells.csv timed_model names the model whose weights ran"},
         "dataset": ctx.dataset.identity, "n_cells": len(cells), "excluded_cells": excluded,
+        "limits_inert": config.inert_limits(),
         "skipped_cells": len(skipped), "status": "running",
     })
     meta.setdefault("started", _now())
