@@ -16,7 +16,7 @@ log_space over it in ``extra_info`` (target: >= 50x).
 Memory: log_space at N = 10^7, B = 100 with the part-2 decoder, in a fresh subprocess, measured
 by :class:`bench.run.timing.PeakMemory` (peak resident memory above the level just before the call;
 target: < 512 MB). tracemalloc does not see torch's allocations, hence resident memory.
-Measured figures live in the README (Throughput and memory), not here.
+Measured figures live in docs/measurements.md (Throughput and memory), not here.
 """
 
 from __future__ import annotations

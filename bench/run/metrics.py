@@ -1,4 +1,4 @@
-"""Per-cell statistics from R repeats x B datapoints of estimates (defined in the README).
+"""Per-cell statistics from R repeats x B datapoints of estimates (defined in docs/reference.md).
 
 All inputs are float64 arrays of shape [R, B] (estimates, float64 replays on the
 same draws) or [B] (ground truth and its standard error).
