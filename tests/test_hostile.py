@@ -1,0 +1,91 @@
+"""Issue 22 as a hostile user tried it: outside models, data and estimators that used to give a
+wrong number with exit 0, and a cell whose exception failed its whole group.
+
+Each test reproduces one problem as the issue writes it, on a tiny run (4 digits, 2 repeats,
+N in {1, 10}, an importance-sampling truth of 500 draws). The misbehaving code lives in
+tests/hostile_models.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import lvm
+from bench.cli import main
+from lvm.model import architecture, build
+
+TIMING = {"time_median_s", "time_iqr_s", "time_runs", "terms_per_s", "estimates_per_s", "peak_memory_mb",
+          "wall_s", "worker", "host", "timed_model"}
+CHECKPOINTS = Path(lvm.__file__).resolve().parent / "checkpoints"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> Path:
+    """digits.npz (D = 100, both splits), train.npz (train only), sd.pt: a 2 x 32 state dict."""
+    d = tmp_path_factory.mktemp("hostile")
+    bits = (np.random.default_rng(0).random((20, 100)) < 0.3).astype(np.uint8)
+    np.savez(d / "digits.npz", test=bits, train=bits[10:])
+    np.savez(d / "train.npz", train=bits)
+    arch = architecture(2, hidden=32, layers=2, output="logits", data_dim=100)
+    torch.save(build(arch, seed=1).decoder.state_dict(), d / "sd.pt")
+    (d / "sd.json").write_text(json.dumps(arch))
+    return d
+
+
+def _config(tmp: Path, files: Path, **changes) -> Path:
+    run = {"name": "hostile", "seed": 1, "dataset": str(files / "digits.npz"), "n_data": 4, "repeats": 2,
+           "warmup": 0, "time_budget": 0.01, "reference": "importance", "reference_samples": 500}
+    grid = {"estimator": ["log_space"], "dtype": ["float64"], "n_samples": [1, 10],
+            "model": ["hostile_models:plain"], "parametrization": ["logits"], "device": ["cpu"]}
+    for k, v in changes.items():
+        (run if k in run else grid)[k] = v
+    body = "\n".join(f"[{name}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in sec.items())
+                     for name, sec in (("run", run), ("grid", grid)))
+    path = tmp / f"cfg-{len(list(tmp.glob('cfg-*')))}.toml"
+    path.write_text(body + "\n")
+    return path
+
+
+def _run(cfg: Path, out: Path, cache: Path | str) -> int:
+    return main(["run", "--config", str(cfg), "--out", str(out), "--cache-dir", str(cache), "--no-progress"])
+
+
+def _cells(out: Path) -> pd.DataFrame:
+    """cells.csv without its timing columns, its numbers as written (bit for bit), by cell."""
+    cells = pd.read_csv(out / "cells.csv")  # pandas reads floats back exactly (round trip)
+    keys = ["estimator", "dtype", "n_samples", "model", "parametrization", "device"]
+    return cells[[c for c in cells if c not in TIMING]].set_index(keys).sort_index()
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal bit for bit (an integer column with a failed cell's gap reads as float)."""
+    pd.testing.assert_frame_equal(a, b, check_exact=True, check_dtype=False)
+
+
+# ----------------------------------------------------------------------------- 11. isolation
+
+
+def test_a_cell_that_raises_fails_alone(files, tmp_path, capsys):
+    """An estimator that raises only at float32 used to fail all 8 cells of its group, float64
+    and the built-in log_space included."""
+    common = dict(dtype=["float32", "float64"], estimator=["log_space", "prob_space"])
+    without, beside = tmp_path / "without", tmp_path / "beside"
+    cache = tmp_path / "c"
+    assert _run(_config(tmp_path, files, **common), without, cache) == 0
+    raiser = "hostile_models:no_float32"
+    assert _run(_config(tmp_path, files, **{**common, "estimator": [*common["estimator"], raiser]}),
+                beside, cache) == 1
+    cells = _cells(beside)
+    failed = cells[cells.status == "failed"]
+    assert set(failed.index.get_level_values("estimator")) == {raiser}
+    assert set(failed.index.get_level_values("dtype")) == {"float32"} and len(failed) == 2
+    assert failed.reason.str.contains("RuntimeError: no float32 here").all()
+    ok = cells[cells.status == "ok"]
+    assert len(ok) == 2 * 2 * 2 + 2  # every built-in cell, and the raiser's float64 ones
+    _same(ok.drop(raiser, level="estimator"), _cells(without))
