@@ -138,8 +138,10 @@ def parse_model(spec: str) -> ModelSpec:
 
 
 def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False):
-    """The model a spec names: a zoo model, a factory's model, or a decoder file's model."""
+    """The model a spec names: a zoo model, a factory's model, or a decoder file's model; an
+    outside one under :func:`lvm.guard.guard` (its fingerprint covers its code and a probe)."""
     from . import zoo
+    from .guard import guard
     from .model import check_model
 
     ms = spec if isinstance(spec, ModelSpec) else parse_model(spec)
@@ -152,7 +154,7 @@ def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False)
         model = _from_file(Path(ms.source))
     check_model(model)
     _check_weights(model, ms.source)
-    return model
+    return guard(model, f"model {ms.source!r}")
 
 
 def _decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str):

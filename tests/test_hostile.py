@@ -18,6 +18,7 @@ import torch
 
 import lvm
 from bench.cli import main
+from lvm import sources
 from lvm.model import architecture, build
 
 TIMING = {"time_median_s", "time_iqr_s", "time_runs", "terms_per_s", "estimates_per_s", "peak_memory_mb",
@@ -66,6 +67,37 @@ def _cells(out: Path) -> pd.DataFrame:
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
     """Equal bit for bit (an integer column with a failed cell's gap reads as float)."""
     pd.testing.assert_frame_equal(a, b, check_exact=True, check_dtype=False)
+
+
+# ----------------------------------------------------------------------------- 1. fingerprints
+
+
+def test_a_cached_truth_is_never_reused_for_a_model_whose_forward_differs(files, tmp_path, capsys):
+    """Same class, same weights; the second multiplies its logits by 3 in forward (a plain
+    attribute): it used to share the first's fingerprint, and so its cached ground truth."""
+    warm, cold = tmp_path / "cache", tmp_path / "cold"
+    one, three, three_cold = tmp_path / "one", tmp_path / "three", tmp_path / "three-cold"
+    assert _run(_config(tmp_path, files, model=["m=hostile_models:plain"]), one, warm) == 0
+    tripled = _config(tmp_path, files, model=["m=hostile_models:tripled"])
+    assert _run(tripled, three, warm) == 0
+    assert _run(tripled, three_cold, cold) == 0
+    _same(_cells(three), _cells(three_cold))
+    assert not _cells(one)["bias"].equals(_cells(three)["bias"])
+    fingerprints = [json.loads((d / "meta.json").read_text())["models"]["m/logits"]["fingerprint"]
+                    for d in (one, three)]
+    assert fingerprints[0] != fingerprints[1]
+    capsys.readouterr()
+    main(["compare", str(one), str(three)])
+    assert "model weights differ for m/logits" in capsys.readouterr().out
+
+
+def test_the_fingerprint_covers_code_attributes_and_weights_and_nothing_random():
+    plain, again = (sources.load_model("hostile_models:plain") for _ in range(2))
+    assert plain.fingerprint() == again.fingerprint()  # deterministic: the same model, the same key
+    assert plain.fingerprint() != sources.load_model("hostile_models:tripled").fingerprint()
+    assert plain.fingerprint() != sources.load_model("hostile_models:well_behaved").fingerprint()
+    assert sources.load_model("hostile_models:well_behaved").fingerprint() == \
+        sources.load_model("hostile_models:well_behaved").fingerprint()
 
 
 # ----------------------------------------------------------------------------- 11. isolation

@@ -194,7 +194,8 @@ class Context:
         """What decides an estimator's speed besides its own axes: the network's shape, not its weights."""
         m = self.model(name, parametrization)
         net = getattr(m, "decoder", None)
-        what = repr(net) if net is not None else f"{type(m).__module__}.{type(m).__qualname__}"
+        cls = type(getattr(m, "wrapped", m))  # an outside model's own class, not its guard's
+        what = repr(net) if net is not None else f"{cls.__module__}.{cls.__qualname__}"
         return f"K={m.latent_dim} D={getattr(m, 'data_dim', '?')} {getattr(m, 'output', '')} {what}"
 
     def timing(self, cell: Cell, seed: int) -> Timing:
