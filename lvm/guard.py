@@ -1,9 +1,13 @@
-"""Outside models under guard: how the suite fingerprints code it did not write.
+"""Outside models under guard: how the suite fingerprints code it did not write and keeps it
+from changing the data.
 
 :func:`guard` wraps every model :func:`lvm.sources.load_model` loads from outside the zoo. A
 decoder (a factory's ``nn.Module``, a TorchScript file, a state dict) goes inside a
 :class:`GuardedDecoder`, and the :class:`~lvm.model.BernoulliLVM` around it is the suite's; a
-model with the protocol of its own goes inside a :class:`GuardedModel`.
+model with the protocol of its own goes inside a :class:`GuardedModel`, whose
+``log_likelihood`` and ``pixel_probs`` get their own copy of x (an outside estimator gets
+one from :func:`lvm.sources.run_estimator`): what outside code does to its x never reaches
+the data the other cells use.
 
 **Fingerprint** (what keys the cached ground truth, :func:`lvm.reference.log_marginal`, and
 what meta.json records, so that ``compare`` sees a change): sha256 of
@@ -114,7 +118,7 @@ class GuardedModel:
         return self.wrapped.sample_prior(n, generator)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, dtype) -> torch.Tensor:
-        return self.wrapped.log_likelihood(x, z, dtype)
+        return self.wrapped.log_likelihood(x.clone(), z, dtype)  # its own x: changing it changes nothing
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("wrapped", "where", "_views", "_digest"):
@@ -127,6 +131,8 @@ class GuardedModel:
         value = getattr(self.wrapped, name)  # AttributeError when the model lacks it
         if name == "with_output":
             return self._with_output
+        if name == "pixel_probs":
+            return lambda x, z, dtype: value(x.clone(), z, dtype)
         return value
 
     def _with_output(self, output: str) -> GuardedModel:

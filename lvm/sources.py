@@ -361,12 +361,12 @@ def load_estimator(spec: str) -> Callable:
 
 def run_estimator(fn: Callable, spec: str, model, x: torch.Tensor, n_samples: int, *, dtype,
                   device="cpu", seed: int = 0):
-    """Call an outside estimator and return an Estimate: its own, or one made from the [B]
-    tensor it returned (term counts and ESS unknown: NaN)."""
+    """Call an outside estimator on its own copy of ``x`` and return an Estimate: its own, or
+    one made from the [B] tensor it returned (term counts and ESS unknown: NaN)."""
     from .estimators import Estimate
     from .numerics import dtype_name, parse_dtype
 
-    out = fn(model, x, n_samples, dtype=dtype, device=device, seed=seed)
+    out = fn(model, x.clone(), n_samples, dtype=dtype, device=device, seed=seed)  # its own x to change
     B = len(x)
     if isinstance(out, Estimate):
         if tuple(out.log_px.shape) != (B,):

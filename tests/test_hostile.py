@@ -100,6 +100,40 @@ def test_the_fingerprint_covers_code_attributes_and_weights_and_nothing_random()
         sources.load_model("hostile_models:well_behaved").fingerprint()
 
 
+# ----------------------------------------------------------------------------- 2. x in place
+
+
+def test_an_estimator_that_zeroes_x_changes_no_other_cell(tmp_path, cache_dir):
+    """``log_space,mypkg:mutates`` (x.zero_() after estimating) used to move the built-in
+    log_space cells of prior-iwae-k2."""
+    common = dict(model=["prior-iwae-k2"], dtype=["float32", "float64"], dataset="mnist-5k")
+    alone, beside = tmp_path / "alone", tmp_path / "beside"
+    assert _run(_config(tmp_path, tmp_path, estimator=["log_space"], **common), alone, cache_dir) == 0
+    assert _run(_config(tmp_path, tmp_path, estimator=["log_space", "hostile_models:mutates"], **common),
+                beside, cache_dir) == 0
+    mine = _cells(beside)
+    _same(_cells(alone), mine.loc[["log_space"]])
+    # the mutating estimator computed on the real digits too: in float64 it is log_space
+    assert (mine.loc["hostile_models:mutates", "bias"].values == mine.loc["log_space", "bias"].values).all()
+
+
+def test_an_outside_estimator_gets_its_own_copy_of_x():
+    model = sources.load_model("untrained-k2")
+    x = sources.load_dataset("mnist-5k").x[:3]
+    before = x.clone()
+    fn = sources.load_estimator("hostile_models:mutates")
+    sources.run_estimator(fn, "hostile_models:mutates", model, x, 2, dtype=torch.float32)
+    assert torch.equal(x, before)
+
+
+def test_an_outside_model_gets_its_own_copy_of_x():
+    model = sources.load_model("hostile_models:zeroes_x")
+    x = (torch.arange(300).reshape(3, 100) % 3 == 0).to(torch.float32)
+    before = x.clone()
+    lvm.log_space(model, x, 4, dtype="float32")
+    assert torch.equal(x, before)
+
+
 # ----------------------------------------------------------------------------- 11. isolation
 
 
