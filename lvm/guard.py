@@ -1,5 +1,5 @@
-"""Outside models under guard: how the suite fingerprints code it did not write and keeps it
-from changing the data.
+"""Outside models under guard: how the suite checks and fingerprints code it did not write,
+and keeps it from changing the data.
 
 :func:`guard` wraps every model :func:`lvm.sources.load_model` loads from outside the zoo. A
 decoder (a factory's ``nn.Module``, a TorchScript file, a state dict) goes inside a
@@ -8,6 +8,11 @@ model with the protocol of its own goes inside a :class:`GuardedModel`, whose
 ``log_likelihood`` and ``pixel_probs`` get their own copy of x (an outside estimator gets
 one from :func:`lvm.sources.run_estimator`): what outside code does to its x never reaches
 the data the other cells use.
+
+**Checked** on every call (:func:`check`): a decoder's output is [N, D] on z's device in z's
+dtype, a log_likelihood [B, N] and pixel_probs [B, N, D] on z's device in the dtype asked
+(under ``torch.autocast``: floating point); anything else is an InputError naming the model.
+The probe below makes the first such call when the model is loaded, in float64.
 
 **Fingerprint** (what keys the cached ground truth, :func:`lvm.reference.log_marginal`, and
 what meta.json records, so that ``compare`` sees a change): sha256 of
@@ -41,6 +46,7 @@ from torch import nn
 
 from .errors import InputError
 from .model import BernoulliLVM
+from .numerics import parse_dtype
 
 PROBE_SEED, PROBE_DRAWS, PROBE_ROWS, DIGITS = 0, 8, 4, 10
 SKIP_ATTRIBUTES = ("training",)  # module state that does not change the computation (copies are eval)
@@ -64,26 +70,27 @@ def guard(model: Any, where: str) -> Any:
 
 
 class GuardedDecoder(nn.Module):
-    """An outside decoder, its identity carried as the buffer ``guard_sha256``."""
+    """An outside decoder whose every output is checked, its identity carried as the buffer
+    ``guard_sha256``."""
 
-    def __init__(self, inner: nn.Module, where: str):
+    def __init__(self, inner: nn.Module, where: str, width: int):
         super().__init__()
         self.inner = inner
-        self.where = where
+        self.where, self.width = where, width
         self.register_buffer("guard_sha256", torch.zeros(32, dtype=torch.uint8))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.inner(z)
+        return check(self.inner(z), (len(z), self.width), z, z.dtype, self.where, "the decoder")
 
 
 def _guard_decoder(model: BernoulliLVM, where: str) -> BernoulliLVM:
     dec = model.decoder
     layers = list(dec.children()) if isinstance(dec, nn.Sequential) else []
     if len(layers) > 1 and isinstance(layers[-1], nn.Sigmoid):  # keep the Sigmoid outside: with_output
-        guarded = GuardedDecoder(nn.Sequential(*layers[:-1]), where)  # ("logits") drops it
-        decoder: nn.Module = nn.Sequential(guarded, nn.Sigmoid())
+        guarded = GuardedDecoder(nn.Sequential(*layers[:-1]), where, model.data_dim)  # ("logits")
+        decoder: nn.Module = nn.Sequential(guarded, nn.Sigmoid())  # drops it
     else:
-        guarded = decoder = GuardedDecoder(dec, where)
+        guarded = decoder = GuardedDecoder(dec, where, model.data_dim)
     out = BernoulliLVM(decoder, model.latent_dim, model.output, model.data_dim, encoder=model.encoder)
     z = torch.randn(PROBE_DRAWS, model.latent_dim, generator=torch.Generator().manual_seed(PROBE_SEED),
                     dtype=torch.float64)
@@ -118,7 +125,8 @@ class GuardedModel:
         return self.wrapped.sample_prior(n, generator)
 
     def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, dtype) -> torch.Tensor:
-        return self.wrapped.log_likelihood(x.clone(), z, dtype)  # its own x: changing it changes nothing
+        ll = self.wrapped.log_likelihood(x.clone(), z, dtype)  # its own x: changing it changes nothing
+        return check(ll, (len(x), len(z)), z, parse_dtype(dtype), self.where, "log_likelihood(x, z, dtype)")
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") or name in ("wrapped", "where", "_views", "_digest"):
@@ -132,7 +140,8 @@ class GuardedModel:
         if name == "with_output":
             return self._with_output
         if name == "pixel_probs":
-            return lambda x, z, dtype: value(x.clone(), z, dtype)
+            return lambda x, z, dtype: check(value(x.clone(), z, dtype), (len(x), len(z), x.shape[-1]), z,
+                                             parse_dtype(dtype), self.where, "pixel_probs(x, z, dtype)")
         return value
 
     def _with_output(self, output: str) -> GuardedModel:
@@ -164,6 +173,30 @@ def _model_digest(model: GuardedModel) -> str:
     own = getattr(inner, "fingerprint", None)
     h.update(f"|{own() if callable(own) else None}".encode())
     return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check(out: Any, shape: tuple[int, ...], z: torch.Tensor, dtype: torch.dtype, where: str,
+          what: str) -> torch.Tensor:
+    """``out``, what outside code returned for draws ``z`` when ``dtype`` was asked, if it is a
+    tensor of ``shape`` on z's device in that dtype (under torch.autocast: floating point);
+    otherwise an InputError naming ``where``."""
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != shape:
+        got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise InputError(f"{where}: {what} returned {got}; accepted: a tensor of shape {list(shape)}")
+    if out.device != z.device:
+        raise InputError(f"{where}: {what} returned a tensor on {out.device} for draws on {z.device}; "
+                         "accepted: the draws' device")
+    if out.dtype != dtype and not (out.is_floating_point() and torch.is_autocast_enabled(z.device.type)):
+        raise InputError(f"{where}: {what} returned {_name(out.dtype)} where {_name(dtype)} was asked; "
+                         "accepted: a tensor in the dtype asked (its numbers are reported as that dtype's)")
+    return out
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 # ----------------------------------------------------------------------------- hashing

@@ -19,6 +19,7 @@ import torch
 import lvm
 from bench.cli import main
 from lvm import sources
+from lvm.errors import InputError
 from lvm.model import architecture, build
 
 TIMING = {"time_median_s", "time_iqr_s", "time_runs", "terms_per_s", "estimates_per_s", "peak_memory_mb",
@@ -132,6 +133,48 @@ def test_an_outside_model_gets_its_own_copy_of_x():
     before = x.clone()
     lvm.log_space(model, x, 4, dtype="float32")
     assert torch.equal(x, before)
+
+
+# ----------------------------------------------------------------------------- 3. dtype
+
+
+def test_a_model_that_answers_in_another_dtype_is_refused(files, tmp_path, capsys):
+    """log_likelihood always float16: its "float64" cells were float16 numbers, exit 0."""
+    out = tmp_path / "run"
+    assert _run(_config(tmp_path, files, model=["hostile_models:always_half"]), out, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert "hostile_models:always_half" in last and "float16 where float64 was asked" in last
+    assert "Traceback" not in err and not out.exists()
+
+
+@pytest.mark.parametrize("spec", ["hostile_models:always_half", "hostile_models:half_decoder"])
+def test_a_wrong_dtype_is_named_when_the_model_is_loaded(spec):
+    with pytest.raises(InputError, match=f"{spec}.*returned float16 where float(32|64) was asked"):
+        sources.load_model(spec)
+
+
+def test_a_wrong_dtype_is_named_when_it_shows_only_later():
+    """Without data_dim the model cannot be probed when loaded; with float64 right and float16
+    wrong the probe passes: the call that gets the wrong dtype names it."""
+    x = torch.zeros(3, 100)
+    late = sources.load_model("hostile_models:always_half_no_dim")
+    with pytest.raises(InputError, match="always_half_no_dim.*float16.*float64"):
+        lvm.log_space(late, x, 4, dtype="float64")
+    mixed = sources.load_model("hostile_models:float32_for_half")
+    lvm.log_space(mixed, x, 4, dtype="float32")
+    with pytest.raises(InputError, match="float32_for_half.*float32.*float16"):
+        lvm.log_space(mixed, x, 4, dtype="float16")
+
+
+def test_a_dtype_that_shows_only_in_some_cells_fails_those_cells(files, tmp_path, capsys):
+    out = tmp_path / "run"
+    cfg = _config(tmp_path, files, model=["hostile_models:float32_for_half"], dtype=["float16", "float64"])
+    assert _run(cfg, out, tmp_path / "c") == 1
+    cells = pd.read_csv(out / "cells.csv")
+    assert set(cells[cells.dtype == "float64"].status) == {"ok"}
+    bad = cells[cells.dtype == "float16"]
+    assert set(bad.status) == {"failed"} and bad.reason.str.contains("float32_for_half").all()
 
 
 # ----------------------------------------------------------------------------- 11. isolation
