@@ -17,7 +17,8 @@ A **model spec** is one of
       ``data_dim`` (the format of the zoo's checkpoint metadata, under ``"architecture"``
       or at the top level). Loaded with ``weights_only=True``: loading never runs code;
   ``label=<any of these>``
-      the same, under a label of your choosing (what cells.csv's ``model`` column says).
+      the same, under a label of your choosing (what cells.csv's ``model`` column says); a zoo
+      name labels only that zoo model, and a zoo model only its own name.
 
 Decoders may have any data dimension D. A **data spec** is ``mnist-5k``, ``mnist``, a
 ``.npy``/``.npz`` file or an IDX file of 0/1 values ([n, D]; an ``.npz`` holds one array, or
@@ -107,9 +108,11 @@ class ModelSpec:
 
 
 def parse_model(spec: str) -> ModelSpec:
-    """Split a model spec into label, source and kind, without loading anything."""
-    from . import zoo
+    """Split a model spec into label, source and kind, without loading anything.
 
+    A label is what cells.csv, compare and the report know a model by, and a zoo name there
+    stands for that zoo model's facts (state, K, FLOP): a zoo model is labelled by its own name,
+    and no other model by a zoo name."""
     if not isinstance(spec, str) or not spec:
         raise InputError(f"model spec {spec!r} is invalid; {_accepted(MODEL_FORMS)}")
     label, eq, source = spec.partition("=")
@@ -118,6 +121,30 @@ def parse_model(spec: str) -> ModelSpec:
     elif not LABEL.match(label):
         raise InputError(f"model spec {spec!r}: label {label!r} is invalid; accepted: letters, digits, "
                          "'.', '_', ':' and '-', starting with a letter or digit")
+    ms = _parse_source(spec, label, source)
+    if ms.kind == "zoo" and ms.label != ms.source:
+        raise InputError(f"model spec {spec!r}: the zoo model {ms.source} is known by its name, which "
+                         f"says its state, K and FLOP; accepted: {ms.source} without a label")
+    if ms.kind != "zoo" and _is_zoo_name(ms.label):
+        raise InputError(f"model spec {spec!r}: the label {ms.label!r} is a zoo model's name, and cells.csv, "
+                         "compare and the report would give this model that model's facts (state, K, "
+                         "FLOP); accepted: a label that is not a zoo name (label=<spec>)")
+    return ms
+
+
+def _is_zoo_name(name: str) -> bool:
+    from . import zoo
+
+    try:
+        zoo.parse(name)
+    except InputError:
+        return False
+    return True
+
+
+def _parse_source(spec: str, label: str, source: str) -> ModelSpec:
+    from . import zoo
+
     try:
         return ModelSpec(label or source, zoo.parse(source).name, "zoo")
     except InputError as e:

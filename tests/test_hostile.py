@@ -9,6 +9,7 @@ tests/hostile_models.py.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,9 @@ def files(tmp_path_factory) -> Path:
     arch = architecture(2, hidden=32, layers=2, output="logits", data_dim=100)
     torch.save(build(arch, seed=1).decoder.state_dict(), d / "sd.pt")
     (d / "sd.json").write_text(json.dumps(arch))
+    (d / "named").mkdir()  # a file whose name is a zoo name
+    shutil.copy(d / "sd.pt", d / "named" / "untrained-k2.pt")
+    shutil.copy(d / "sd.json", d / "named" / "untrained-k2.json")
     return d
 
 
@@ -175,6 +179,26 @@ def test_a_dtype_that_shows_only_in_some_cells_fails_those_cells(files, tmp_path
     assert set(cells[cells.dtype == "float64"].status) == {"ok"}
     bad = cells[cells.dtype == "float16"]
     assert set(bad.status) == {"failed"} and bad.reason.str.contains("float32_for_half").all()
+
+
+# ----------------------------------------------------------------------------- 4. labels
+
+
+@pytest.mark.parametrize("spec", ["untrained-k2={sd}", "{dir}/named/untrained-k2.pt",
+                                  "untrained-k2=hostile_models:plain",
+                                  "mine=untrained-k2", "prior-iwae-k2=untrained-k2"])
+def test_a_label_never_borrows_a_zoo_models_facts(spec, files, tmp_path, capsys):
+    """``untrained-k2=files/sd.pt`` (a 2 x 32 net) was recorded as state=untrained with the zoo
+    3 x 512 net's flop."""
+    spec = spec.format(sd=files / "sd.pt", dir=files)
+    out = tmp_path / "run"
+    assert _run(_config(tmp_path, files, model=[spec]), out, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert "label" in err and "zoo" in err and not out.exists()
+
+
+def test_a_zoo_model_under_its_own_name_is_still_a_label():
+    assert sources.parse_model("untrained-k2=untrained-k2") == sources.parse_model("untrained-k2")
 
 
 # ----------------------------------------------------------------------------- 11. isolation
