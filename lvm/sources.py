@@ -13,9 +13,11 @@ A **model spec** is one of
       a file: a TorchScript decoder (``torch.jit.save``) or a state dict of the suite's
       ELU decoder, with ``path/to/decoder.json`` beside it. For TorchScript the JSON gives
       ``latent_dim`` and ``output`` (unless the module carries them); for a state dict it
-      is the architecture: ``latent_dim``, ``hidden``, ``layers``, ``output`` and
-      ``data_dim`` (the format of the zoo's checkpoint metadata, under ``"architecture"``
-      or at the top level). Loaded with ``weights_only=True``: loading never runs code;
+      is the architecture: ``latent_dim``, ``hidden``, ``layers``, ``output``, ``data_dim``
+      and optionally ``activation`` (``"ELU"``, the only one built), in the format of the zoo's
+      checkpoint metadata (under ``"architecture"``) or at the top level; a key it does not
+      list is an error, not ignored. Loaded with
+      ``weights_only=True``: loading never runs code;
   ``label=<any of these>``
       the same, under a label of your choosing (what cells.csv's ``model`` column says); a zoo
       name labels only that zoo model, and a zoo model only its own name.
@@ -33,7 +35,6 @@ Every failure is an InputError that names the spec and says what is accepted.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import re
@@ -178,13 +179,15 @@ def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False)
         made = _call(load_object(ms.source, "model"), ms.source, "model")
         model = _from_factory(made, ms.source)
     else:
-        model = _from_file(Path(ms.source))
+        from .model_files import from_file
+
+        model = from_file(Path(ms.source))
     check_model(model)
     _check_weights(model, ms.source)
     return guard(model, f"model {ms.source!r}")
 
 
-def _decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str):
+def decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str):
     from .model import OUTPUTS, BernoulliLVM
 
     if output not in OUTPUTS:
@@ -213,73 +216,14 @@ def _from_factory(made: Any, spec: str):
             lacks = ", ".join(missing) or "an nn.Module decoder"
             raise InputError(f"{where}: the factory's dict lacks {lacks}; accepted: {{'decoder': nn.Module, "
                              "'latent_dim': K, 'output': 'logits' | 'probs'}")
-        return _decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
+        return decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
     if isinstance(made, nn.Module) and not hasattr(made, "log_likelihood"):
         if not hasattr(made, "latent_dim") or not hasattr(made, "output"):
             raise InputError(f"{where}: the factory returned an nn.Module without latent_dim and output "
                              "attributes; accepted: set them on the module, or return {'decoder': module, "
                              "'latent_dim': K, 'output': 'logits' | 'probs'}")
-        return _decoder_model(made, made.latent_dim, made.output, where)
+        return decoder_model(made, made.latent_dim, made.output, where)
     return made  # a model with the protocol: check_model says what it lacks
-
-
-def _sidecar(path: Path) -> dict | None:
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        return None
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{side}: unreadable JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{side}: a JSON {type(data).__name__}; accepted: an object")
-    return data
-
-
-def _from_file(path: Path):
-    from .checkpoint import load_checkpoint
-
-    side = _sidecar(path)
-    if _is_torchscript(path):
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - a damaged archive
-            raise InputError(f"{path}: not a loadable TorchScript module ({type(e).__name__}: {e})") from e
-        info = side or {}
-        latent_dim = info.get("latent_dim", getattr(module, "latent_dim", None))
-        output = info.get("output", getattr(module, "output", None))
-        if latent_dim is None or output is None:
-            raise InputError(f"{path}: a TorchScript decoder needs latent_dim and output, in "
-                             f"{path.with_suffix('.json').name} ({{\"latent_dim\": K, \"output\": "
-                             "\"logits\"}) or as module attributes")
-        return _decoder_model(module, latent_dim, output, str(path))
-    if side is None:
-        raise InputError(f"{path}: a state dict needs its architecture in {path.with_suffix('.json').name}; "
-                         "accepted: {\"latent_dim\": K, \"hidden\": H, \"layers\": L, \"output\": "
-                         "\"logits\" | \"probs\", \"data_dim\": D}")
-    arch = side.get("architecture", side)
-    need = ("latent_dim", "hidden", "layers", "output")
-    if not all(k in arch for k in need):
-        raise InputError(f"{path.with_suffix('.json')}: the architecture lacks "
-                         f"{', '.join(k for k in need if k not in arch)}; accepted keys: "
-                         f"{', '.join(need)}, data_dim")
-    from .model import architecture
-
-    try:
-        full = architecture(arch["latent_dim"], arch["hidden"], arch["layers"], arch["output"],
-                            arch.get("data_dim", 784))
-    except TypeError as e:
-        raise InputError(f"{path.with_suffix('.json')}: invalid architecture ({e})") from e
-    return load_checkpoint(path, full)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive is a zip holding ``<name>/code/``; a state dict's zip has none."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _check_weights(model, spec: str) -> None:

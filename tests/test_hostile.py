@@ -201,6 +201,48 @@ def test_a_zoo_model_under_its_own_name_is_still_a_label():
     assert sources.parse_model("untrained-k2=untrained-k2") == sources.parse_model("untrained-k2")
 
 
+# ----------------------------------------------------------------------------- 5. sidecars
+
+
+SD_ARCH = {"latent_dim": 2, "hidden": 32, "layers": 2, "output": "logits", "data_dim": 100}
+
+
+@pytest.mark.parametrize("side, named", [
+    ({**SD_ARCH, "activation": "ReLU"}, "activation='ReLU'"),
+    ({**SD_ARCH, "dropout": 0.1}, "dropout"),
+    ({"architecture": {**SD_ARCH, "bias": False}}, "bias"),
+    ({"architecture": SD_ARCH, "notes": "x"}, "notes"),
+])
+def test_unknown_or_unbuildable_sidecar_keys_are_named(side, named, files, tmp_path, capsys):
+    """``"activation": "ReLU"`` was dropped and the state dict built as ELU."""
+    shutil.copy(files / "sd.pt", tmp_path / "net.pt")
+    (tmp_path / "net.json").write_text(json.dumps(side))
+    out = tmp_path / "run"
+    assert _run(_config(tmp_path, files, model=[str(tmp_path / "net.pt")]), out, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert named in err and "net.json" in err and "accepted" in err and not out.exists()
+
+
+def test_an_unknown_torchscript_sidecar_key_is_named(tmp_path):
+    import hostile_models
+
+    torch.jit.script(hostile_models.plain()).save(str(tmp_path / "ts.pt"))
+    (tmp_path / "ts.json").write_text(json.dumps({"latent_dim": 2, "output": "logits", "hidden": 32}))
+    with pytest.raises(InputError, match=r"ts.json.*'hidden'.*accepted.*latent_dim, output"):
+        sources.load_model(str(tmp_path / "ts.pt"))
+
+
+@pytest.mark.parametrize("name", ["prior-iwae-k2", "vae-k2"])
+def test_the_zoos_own_checkpoint_metadata_is_a_valid_sidecar(name, tmp_path):
+    for suffix in (".pt", ".json"):  # under a name of its own: a zoo name labels only the zoo's model
+        shutil.copy(CHECKPOINTS / f"{name}{suffix}", tmp_path / f"copy{suffix}")
+    if name == "vae-k2":  # a file with an encoder: refused for what it holds, not for its keys
+        with pytest.raises(InputError, match="holds an encoder"):
+            sources.load_model(str(tmp_path / "copy.pt"))
+        return
+    assert sources.load_model(str(tmp_path / "copy.pt")).latent_dim == 2
+
+
 # ----------------------------------------------------------------------------- 11. isolation
 
 
