@@ -23,8 +23,9 @@ A **model spec** is one of
       name labels only that zoo model, and a zoo model only its own name.
 
 Decoders may have any data dimension D. A **data spec** is ``mnist-5k``, ``mnist``, a
-``.npy``/``.npz`` file or an IDX file of 0/1 values ([n, D]; an ``.npz`` holds one array, or
-one per split under ``train``/``test``), or ``package.module:factory`` returning such an
+``.npy``/``.npz`` file or an IDX file of 0/1 values ([n, D]; an ``.npz`` holds one array for
+every split, or one per split under ``train``/``test``: a split it lacks is an error), or
+``package.module:factory`` returning such an
 array. An **estimator spec** is an import path to a function with the signature of
 :func:`lvm.log_space` that returns an :class:`~lvm.Estimate` or a [B] tensor of log p(x),
 or a name registered under the entry-point group ``lvm_bench.estimators``.
@@ -292,13 +293,17 @@ def _read_numpy(path: Path, split: str) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy/.npz file without pickles ({e})") from e
     if isinstance(loaded, np.ndarray):
         return loaded
+    from .data import SPLITS
+
     with loaded:
         keys = list(loaded.keys())
-        key = split if split in keys else keys[0] if len(keys) == 1 else None
-        if key is None:
-            raise InputError(f"{path}: holds arrays {keys}; accepted: one array, or one per split "
-                             "named train and test")
-        return loaded[key]
+        if split in keys:
+            return loaded[split]
+        if len(keys) == 1 and keys[0] not in SPLITS:  # one array, not named for a split: every split
+            return loaded[keys[0]]
+        raise InputError(f"run.split = {split!r}: {path} holds no array {split!r} (it has "
+                         f"{', '.join(keys) or 'none'}); accepted: an .npz with an array per split "
+                         f"named {' and '.join(SPLITS)}, or one array under another name for every split")
 
 
 # ----------------------------------------------------------------------------- estimators

@@ -243,6 +243,23 @@ def test_the_zoos_own_checkpoint_metadata_is_a_valid_sidecar(name, tmp_path):
     assert sources.load_model(str(tmp_path / "copy.pt")).latent_dim == 2
 
 
+# ----------------------------------------------------------------------------- 6. splits
+
+
+def test_an_npz_without_the_split_is_refused(files, tmp_path, capsys):
+    """An .npz holding only ``train`` was used as the test split (meta.json: split test)."""
+    out = tmp_path / "run"
+    assert _run(_config(tmp_path, files, dataset=str(files / "train.npz")), out, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    assert "run.split" in err and "'test'" in err and "train.npz" in err and "train" in err
+    assert not out.exists()
+
+
+def test_an_npz_with_one_unnamed_array_serves_any_split(tmp_path):
+    np.savez(tmp_path / "one.npz", (np.arange(20).reshape(4, 5) % 2).astype(np.uint8))
+    assert sources.load_data(str(tmp_path / "one.npz"), "test").x.shape == (4, 5)
+
+
 # ----------------------------------------------------------------------------- 11. isolation
 
 
