@@ -348,11 +348,20 @@ def run_estimator(fn: Callable, spec: str, model, x: torch.Tensor, n_samples: in
         if tuple(out.log_px.shape) != (B,):
             raise InputError(f"estimator {spec!r} returned an Estimate with log_px of shape "
                              f"{list(out.log_px.shape)}; accepted: [{B}], one value per datapoint")
+        _floating(out.log_px, spec, "an Estimate whose log_px is")
         return out
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (B,):
         got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise InputError(f"estimator {spec!r} returned {got}; accepted: an lvm.Estimate or a tensor of "
                          f"shape [{B}], log p(x) per datapoint")
+    _floating(out, spec, "a tensor of")
     nan = torch.full((B,), math.nan, dtype=torch.float64)
     return Estimate(spec, dtype_name(parse_dtype(dtype)), n_samples, out.detach().to(torch.float64).cpu(),
                     nan.clone(), nan.clone(), nan.clone(), {"seed": seed, "outside": True})
+
+
+def _floating(t: torch.Tensor, spec: str, what: str) -> None:
+    """A log p(x) of bool or integers is no estimate (True would read as log p = 1)."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        got = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else type(t).__name__
+        raise InputError(f"estimator {spec!r} returned {what} {got}; accepted: floating point log p(x)")

@@ -260,6 +260,21 @@ def test_an_npz_with_one_unnamed_array_serves_any_split(tmp_path):
     assert sources.load_data(str(tmp_path / "one.npz"), "test").x.shape == (4, 5)
 
 
+# ----------------------------------------------------------------------------- 7. result dtype
+
+
+@pytest.mark.parametrize("name", ["as_bool", "as_int", "int_estimate"])
+def test_an_estimator_returning_bool_or_integers_is_refused(name, files, tmp_path, capsys):
+    """A bool return gave log p = 1 and a bias of +545, exit 0."""
+    spec = f"hostile_models:{name}"
+    out = tmp_path / "run"
+    assert _run(_config(tmp_path, files, estimator=["log_space", spec]), out, tmp_path / "c") == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert spec in last and "floating point" in last and "Traceback" not in err
+    assert not out.exists()
+
+
 # ----------------------------------------------------------------------------- 11. isolation
 
 
