@@ -85,7 +85,7 @@ class GuardedDecoder(nn.Module):
 
 def _guard_decoder(model: BernoulliLVM, where: str) -> BernoulliLVM:
     dec = model.decoder
-    layers = list(dec.children()) if isinstance(dec, nn.Sequential) else []
+    layers = list(dec.children()) if type(dec) is nn.Sequential else []  # a subclass may have its forward
     if len(layers) > 1 and isinstance(layers[-1], nn.Sigmoid):  # keep the Sigmoid outside: with_output
         guarded = GuardedDecoder(nn.Sequential(*layers[:-1]), where, model.data_dim)  # ("logits")
         decoder: nn.Module = nn.Sequential(guarded, nn.Sigmoid())  # drops it
