@@ -13,15 +13,19 @@ A **model spec** is one of
       a file: a TorchScript decoder (``torch.jit.save``) or a state dict of the suite's
       ELU decoder, with ``path/to/decoder.json`` beside it. For TorchScript the JSON gives
       ``latent_dim`` and ``output`` (unless the module carries them); for a state dict it
-      is the architecture: ``latent_dim``, ``hidden``, ``layers``, ``output`` and
-      ``data_dim`` (the format of the zoo's checkpoint metadata, under ``"architecture"``
-      or at the top level). Loaded with ``weights_only=True``: loading never runs code;
+      is the architecture: ``latent_dim``, ``hidden``, ``layers``, ``output``, ``data_dim``
+      and optionally ``activation`` (``"ELU"``, the only one built), in the format of the zoo's
+      checkpoint metadata (under ``"architecture"``) or at the top level; a key it does not
+      list is an error, not ignored. Loaded with
+      ``weights_only=True``: loading never runs code;
   ``label=<any of these>``
-      the same, under a label of your choosing (what cells.csv's ``model`` column says).
+      the same, under a label of your choosing (what cells.csv's ``model`` column says); a zoo
+      name labels only that zoo model, and a zoo model only its own name.
 
 Decoders may have any data dimension D. A **data spec** is ``mnist-5k``, ``mnist``, a
-``.npy``/``.npz`` file or an IDX file of 0/1 values ([n, D]; an ``.npz`` holds one array, or
-one per split under ``train``/``test``), or ``package.module:factory`` returning such an
+``.npy``/``.npz`` file or an IDX file of 0/1 values ([n, D]; an ``.npz`` holds one array for
+every split, or one per split under ``train``/``test``: a split it lacks is an error), or
+``package.module:factory`` returning such an
 array. An **estimator spec** is an import path to a function with the signature of
 :func:`lvm.log_space` that returns an :class:`~lvm.Estimate` or a [B] tensor of log p(x),
 or a name registered under the entry-point group ``lvm_bench.estimators``.
@@ -32,7 +36,6 @@ Every failure is an InputError that names the spec and says what is accepted.
 from __future__ import annotations
 
 import importlib
-import json
 import math
 import os
 import re
@@ -48,6 +51,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .model_files import decoder_model, from_file
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
@@ -107,9 +111,11 @@ class ModelSpec:
 
 
 def parse_model(spec: str) -> ModelSpec:
-    """Split a model spec into label, source and kind, without loading anything."""
-    from . import zoo
+    """Split a model spec into label, source and kind, without loading anything.
 
+    A label is what cells.csv, compare and the report know a model by, and a zoo name there
+    stands for that zoo model's facts (state, K, FLOP): a zoo model is labelled by its own name,
+    and no other model by a zoo name."""
     if not isinstance(spec, str) or not spec:
         raise InputError(f"model spec {spec!r} is invalid; {_accepted(MODEL_FORMS)}")
     label, eq, source = spec.partition("=")
@@ -118,6 +124,30 @@ def parse_model(spec: str) -> ModelSpec:
     elif not LABEL.match(label):
         raise InputError(f"model spec {spec!r}: label {label!r} is invalid; accepted: letters, digits, "
                          "'.', '_', ':' and '-', starting with a letter or digit")
+    ms = _parse_source(spec, label, source)
+    if ms.kind == "zoo" and ms.label != ms.source:
+        raise InputError(f"model spec {spec!r}: the zoo model {ms.source} is known by its name, which "
+                         f"says its state, K and FLOP; accepted: {ms.source} without a label")
+    if ms.kind != "zoo" and _is_zoo_name(ms.label):
+        raise InputError(f"model spec {spec!r}: the label {ms.label!r} is a zoo model's name, and cells.csv, "
+                         "compare and the report would give this model that model's facts (state, K, "
+                         "FLOP); accepted: a label that is not a zoo name (label=<spec>)")
+    return ms
+
+
+def _is_zoo_name(name: str) -> bool:
+    from . import zoo
+
+    try:
+        zoo.parse(name)
+    except InputError:
+        return False
+    return True
+
+
+def _parse_source(spec: str, label: str, source: str) -> ModelSpec:
+    from . import zoo
+
     try:
         return ModelSpec(label or source, zoo.parse(source).name, "zoo")
     except InputError as e:
@@ -138,8 +168,10 @@ def parse_model(spec: str) -> ModelSpec:
 
 
 def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False):
-    """The model a spec names: a zoo model, a factory's model, or a decoder file's model."""
+    """The model a spec names: a zoo model, a factory's model, or a decoder file's model; an
+    outside one under :func:`lvm.guard.guard` (its fingerprint covers its code and a probe)."""
     from . import zoo
+    from .guard import guard
     from .protocol import check_model
 
     ms = spec if isinstance(spec, ModelSpec) else parse_model(spec)
@@ -149,32 +181,10 @@ def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False)
         made = _call(load_object(ms.source, "model"), ms.source, "model")
         model = _from_factory(made, ms.source)
     else:
-        model = _from_file(Path(ms.source))
+        model = from_file(Path(ms.source))
     check_model(model)
     _check_weights(model, ms.source)
-    return model
-
-
-def _decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str):
-    from .axes import PARAMETRIZATIONS
-    from .model import BernoulliLVM
-
-    if output not in PARAMETRIZATIONS:
-        raise InputError(f"{where}: output={output!r}; accepted: {', '.join(PARAMETRIZATIONS)}")
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise InputError(f"{where}: latent_dim={latent_dim!r}; accepted: a positive integer")
-    p = next(decoder.parameters(), None)
-    try:
-        with torch.no_grad():
-            width = decoder(torch.zeros(1, latent_dim, dtype=p.dtype if p is not None else torch.float32))
-    except Exception as e:  # noqa: BLE001 - the user's decoder failed on a probe: bad input
-        raise InputError(f"{where}: the decoder fails on a [1, {latent_dim}] input "
-                         f"({type(e).__name__}: {e}); accepted: a module mapping [N, K] to [N, D]") from e
-    if not isinstance(width, torch.Tensor) or width.dim() != 2 or width.shape[0] != 1:
-        got = list(width.shape) if isinstance(width, torch.Tensor) else type(width).__name__
-        raise InputError(f"{where}: the decoder maps a [1, {latent_dim}] input to {got}; accepted: "
-                         "a tensor [1, D]")
-    return BernoulliLVM(decoder, latent_dim, output, int(width.shape[1]))
+    return guard(model, f"model {ms.source!r}")
 
 
 def _from_factory(made: Any, spec: str):
@@ -185,73 +195,14 @@ def _from_factory(made: Any, spec: str):
             lacks = ", ".join(missing) or "an nn.Module decoder"
             raise InputError(f"{where}: the factory's dict lacks {lacks}; accepted: {{'decoder': nn.Module, "
                              "'latent_dim': K, 'output': 'logits' | 'probs'}")
-        return _decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
+        return decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
     if isinstance(made, nn.Module) and not hasattr(made, "log_likelihood"):
         if not hasattr(made, "latent_dim") or not hasattr(made, "output"):
             raise InputError(f"{where}: the factory returned an nn.Module without latent_dim and output "
                              "attributes; accepted: set them on the module, or return {'decoder': module, "
                              "'latent_dim': K, 'output': 'logits' | 'probs'}")
-        return _decoder_model(made, made.latent_dim, made.output, where)
+        return decoder_model(made, made.latent_dim, made.output, where)
     return made  # a model with the protocol: check_model says what it lacks
-
-
-def _sidecar(path: Path) -> dict | None:
-    side = path.with_suffix(".json")
-    if not side.is_file():
-        return None
-    try:
-        data = json.loads(side.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"{side}: unreadable JSON ({e})") from e
-    if not isinstance(data, dict):
-        raise InputError(f"{side}: a JSON {type(data).__name__}; accepted: an object")
-    return data
-
-
-def _from_file(path: Path):
-    from .checkpoint import load_checkpoint
-
-    side = _sidecar(path)
-    if _is_torchscript(path):
-        try:
-            module = torch.jit.load(str(path), map_location="cpu")
-        except Exception as e:  # noqa: BLE001 - a damaged archive
-            raise InputError(f"{path}: not a loadable TorchScript module ({type(e).__name__}: {e})") from e
-        info = side or {}
-        latent_dim = info.get("latent_dim", getattr(module, "latent_dim", None))
-        output = info.get("output", getattr(module, "output", None))
-        if latent_dim is None or output is None:
-            raise InputError(f"{path}: a TorchScript decoder needs latent_dim and output, in "
-                             f"{path.with_suffix('.json').name} ({{\"latent_dim\": K, \"output\": "
-                             "\"logits\"}) or as module attributes")
-        return _decoder_model(module, latent_dim, output, str(path))
-    if side is None:
-        raise InputError(f"{path}: a state dict needs its architecture in {path.with_suffix('.json').name}; "
-                         "accepted: {\"latent_dim\": K, \"hidden\": H, \"layers\": L, \"output\": "
-                         "\"logits\" | \"probs\", \"data_dim\": D}")
-    arch = side.get("architecture", side)
-    need = ("latent_dim", "hidden", "layers", "output")
-    if not all(k in arch for k in need):
-        raise InputError(f"{path.with_suffix('.json')}: the architecture lacks "
-                         f"{', '.join(k for k in need if k not in arch)}; accepted keys: "
-                         f"{', '.join(need)}, data_dim")
-    from .model import architecture
-
-    try:
-        full = architecture(arch["latent_dim"], arch["hidden"], arch["layers"], arch["output"],
-                            arch.get("data_dim", 784))
-    except TypeError as e:
-        raise InputError(f"{path.with_suffix('.json')}: invalid architecture ({e})") from e
-    return load_checkpoint(path, full)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive is a zip holding ``<name>/code/``; a state dict's zip has none."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
 
 
 def _check_weights(model, spec: str) -> None:
@@ -320,13 +271,17 @@ def _read_numpy(path: Path, split: str) -> np.ndarray:
         raise InputError(f"{path}: not a readable .npy/.npz file without pickles ({e})") from e
     if isinstance(loaded, np.ndarray):
         return loaded
+    from .data import SPLITS
+
     with loaded:
         keys = list(loaded.keys())
-        key = split if split in keys else keys[0] if len(keys) == 1 else None
-        if key is None:
-            raise InputError(f"{path}: holds arrays {keys}; accepted: one array, or one per split "
-                             "named train and test")
-        return loaded[key]
+        if split in keys:
+            return loaded[split]
+        if len(keys) == 1 and keys[0] not in SPLITS:  # one array, not named for a split: every split
+            return loaded[keys[0]]
+        raise InputError(f"run.split = {split!r}: {path} holds no array {split!r} (it has "
+                         f"{', '.join(keys) or 'none'}); accepted: an .npz with an array per split "
+                         f"named {' and '.join(SPLITS)}, or one array under another name for every split")
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -360,22 +315,31 @@ def load_estimator(spec: str) -> Callable:
 
 def run_estimator(fn: Callable, spec: str, model, x: torch.Tensor, n_samples: int, *, dtype,
                   device="cpu", seed: int = 0):
-    """Call an outside estimator and return an Estimate: its own, or one made from the [B]
-    tensor it returned (term counts and ESS unknown: NaN)."""
+    """Call an outside estimator on its own copy of ``x`` and return an Estimate: its own, or
+    one made from the [B] tensor it returned (term counts and ESS unknown: NaN)."""
     from .numerics import dtype_name, parse_dtype
     from .reductions import Estimate
 
-    out = fn(model, x, n_samples, dtype=dtype, device=device, seed=seed)
+    out = fn(model, x.clone(), n_samples, dtype=dtype, device=device, seed=seed)  # its own x to change
     B = len(x)
     if isinstance(out, Estimate):
         if tuple(out.log_px.shape) != (B,):
             raise InputError(f"estimator {spec!r} returned an Estimate with log_px of shape "
                              f"{list(out.log_px.shape)}; accepted: [{B}], one value per datapoint")
+        _floating(out.log_px, spec, "an Estimate whose log_px is")
         return out
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (B,):
         got = f"shape {list(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise InputError(f"estimator {spec!r} returned {got}; accepted: an lvm.Estimate or a tensor of "
                          f"shape [{B}], log p(x) per datapoint")
+    _floating(out, spec, "a tensor of")
     nan = torch.full((B,), math.nan, dtype=torch.float64)
     return Estimate(spec, dtype_name(parse_dtype(dtype)), n_samples, out.detach().to(torch.float64).cpu(),
                     nan.clone(), nan.clone(), nan.clone(), {"seed": seed, "outside": True})
+
+
+def _floating(t: torch.Tensor, spec: str, what: str) -> None:
+    """A log p(x) of bool or integers is no estimate (True would read as log p = 1)."""
+    if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+        got = str(t.dtype).removeprefix("torch.") if isinstance(t, torch.Tensor) else type(t).__name__
+        raise InputError(f"estimator {spec!r} returned {what} {got}; accepted: floating point log p(x)")

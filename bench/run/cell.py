@@ -12,6 +12,7 @@ here too, with the models and data the cells use, so that the report never runs 
 
 from __future__ import annotations
 
+import functools
 import platform
 import time
 import traceback
@@ -24,6 +25,7 @@ import torch
 
 import lvm
 from bench.run.config import Cell, Config, estimator_spec
+from bench.run.isolation import failure, isolated
 from bench.run.metrics import summarize
 from bench.run.store import RunError
 from bench.run.timing import Measurement, PeakMemory, autorange, estimate_flop, timed
@@ -193,7 +195,8 @@ class Context:
         """What decides an estimator's speed besides its own axes: the network's shape, not its weights."""
         m = self.model(name, parametrization)
         net = getattr(m, "decoder", None)
-        what = repr(net) if net is not None else f"{type(m).__module__}.{type(m).__qualname__}"
+        cls = type(getattr(m, "wrapped", m))  # an outside model's own class, not its guard's
+        what = repr(net) if net is not None else f"{cls.__module__}.{cls.__qualname__}"
         return f"K={m.latent_dim} D={getattr(m, 'data_dim', '?')} {getattr(m, 'output', '')} {what}"
 
     def timing(self, cell: Cell, seed: int) -> Timing:
@@ -266,8 +269,11 @@ def groups(cells: list[Cell]) -> list[list[Cell]]:
     return list(out.values())
 
 
-def run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataFrame]]:
-    """Measure the cells of one group: [(key, summary row, raw rows)], in the order given.
+def run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataFrame | None]]:
+    """Measure the cells of one group: [(key, summary row, raw rows)], in the order given; a
+    cell that raised comes back as (key, :func:`failed_row`, None) with its own reason, and the
+    rest of its group is measured. What the whole group shares (the model, the ground truth)
+    raises for the group.
 
     Runs with ``run.threads`` torch threads: a matmul's rounding depends on how it is split,
     so the numbers must not depend on the machine's core count, and timings stay clean.
@@ -277,7 +283,7 @@ def run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataF
         return _run_group(ctx, cells)
 
 
-def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataFrame]]:
+def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.DataFrame | None]]:
     run = ctx.config.run
     first = cells[0]
     if any((c.model, c.device, c.n_samples) != (first.model, first.device, first.n_samples) for c in cells):
@@ -297,24 +303,39 @@ def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.Data
 
     def shared_pass(dt, precision, proposal, names, seed):
         out = evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
-                       estimators={e: estimator_spec(e) for e in sorted(names)},
+                       estimators={e: estimator_spec(e) for e in names},
                        outputs=None if own else tuple(params), precision=precision, proposal=proposal)
         return {(e, own or o): est for (e, o), est in out.items()}
 
-    passes = {(*k, r): shared_pass(*k, names, seed)
-              for k, names in wanted.items() for r, seed in enumerate(seeds)}
+    errors: dict[tuple[str, str, str, str], Exception] = {}  # (dtype, precision, proposal, estimator)
+    passes = {}
+    for k, names in wanted.items():
+        for r, seed in enumerate(seeds):
+            live = sorted(e for e in names if (*k, e) not in errors)
+            passes[(*k, r)], failed = isolated(functools.partial(shared_pass, *k, seed=seed), live)
+            errors |= {(*k, e): err for e, err in failed.items()}
     share = (time.perf_counter() - t_start) / len(cells)
+
+    def measure(cell: Cell) -> tuple[dict, pd.DataFrame | None]:
+        err = failure(errors, cell)
+        if err is not None:
+            return failed_row(cell, err), None
+        try:
+            at, f64 = (cell.estimator, cell.parametrization), ("log_space", cell.parametrization)
+            ests = [passes[(cell.dtype, cell.precision, cell.proposal, r)][at] for r in range(len(seeds))]
+            replay = np.stack([passes[("float64", "cast", cell.proposal, r)][f64].log_px.numpy()
+                               for r in range(len(seeds))])
+            return _tables(cell, ests, replay, truth, ctx.timing(cell, seeds[0]))
+        except Exception as e:  # noqa: BLE001 - this cell's failure, recorded; the group goes on
+            return failed_row(cell, e), None
+
     out = []
     for cell in cells:
         t_cell = time.perf_counter()
-        ests = [passes[(cell.dtype, cell.precision, cell.proposal, r)][(cell.estimator, cell.parametrization)]
-                for r in range(len(seeds))]
-        replay = np.stack([passes[("float64", "cast", cell.proposal, r)][("log_space", cell.parametrization)]
-                           .log_px.numpy() for r in range(len(seeds))])
-        timing = ctx.timing(cell, seeds[0])
-        row, raw = _tables(cell, ests, replay, truth, timing)
+        row, raw = measure(cell)
         row["latent_dim"] = base.latent_dim  # known for outside models too, once loaded
-        row["wall_s"] = share + time.perf_counter() - t_cell
+        if raw is not None:
+            row["wall_s"] = share + time.perf_counter() - t_cell
         out.append((cell.key, row, raw))
     return out
 

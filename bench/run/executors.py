@@ -51,8 +51,11 @@ class LocalExecutor:
                 bar.update(len(group))
                 continue
             for key, row, raw in done:
-                row["worker"] = "local"
                 bar.update()
+                if raw is None:  # this cell failed alone: run_group measured the rest of its group
+                    self.failed.append(row)
+                    continue
+                row["worker"] = "local"
                 yield key, row, raw
         bar.close()
 
@@ -73,8 +76,9 @@ def remote_group(config_data: dict, source: str, cells: list[tuple], cache_dir: 
         worker = get_worker().address
     except (ImportError, ValueError):
         worker = f"{platform.node()}:{os.getpid()}"
-    for _, row, _ in done:
-        row["worker"] = worker
+    for _, row, raw in done:
+        if raw is not None:
+            row["worker"] = worker
     return done
 
 
@@ -167,9 +171,15 @@ class DaskExecutor:
                 group = futures[f]
                 bar.update(len(group))
                 try:
-                    yield from f.result()
+                    done = f.result()
                 except Exception as e:  # noqa: BLE001 - recorded, the run goes on
                     self.failed.extend(failed_row(c, e) for c in group)
+                    continue
+                for key, row, raw in done:
+                    if raw is None:  # this cell failed alone
+                        self.failed.append(row)
+                    else:
+                        yield key, row, raw
             bar.close()
         finally:
             self.close()
