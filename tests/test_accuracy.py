@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 import lvm
-from lvm import estimators, zoo
+from lvm import estimators, reductions, zoo
 from lvm.data import load
 from lvm.numerics import dtype_facts
 from lvm.runtime import set_torch_threads
@@ -301,7 +301,7 @@ class NaiveLogSumExpState:
 
 
 def test_logsumexp_without_max_shift_fails_the_accuracy_check(trained, digits, truth, monkeypatch):
-    monkeypatch.setattr(estimators, "LogSumExpState", NaiveLogSumExpState)
+    monkeypatch.setattr(reductions, "LogSumExpState", NaiveLogSumExpState)  # where log space reduces
     check = log_space_within_mc_error(trained, digits[:B], truth.log_px.numpy(), truth.se.numpy(),
                                       dtype="float32")
     assert not check, "the accuracy check passed a logsumexp without the max shift"
