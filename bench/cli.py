@@ -70,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         overrides += [f"{section}.{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
     config = load_config(args.config, overrides)
     out = Path(args.out or Path("results") / config.run["name"])
-    cells, excluded = config.cells()
+    cells, excluded = config.runnable()  # a grid of nothing: exit 2 before anything is written
     print(f"lvm-bench run: {len(cells)} cells ({len(excluded)} excluded, reasons in meta.json) -> {out}",
           file=sys.stderr)
     executor = make_executor(args.executor, args.scheduler, args.workers)

@@ -1,0 +1,109 @@
+"""Hostile runs (issue 22, items 8-10, 12, 13): nothing lost, damage named, one line instead of a
+traceback. Each test reproduces the issue's case as written, on the tiny config (n_data 4, repeats 2,
+N in {1, 10})."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import pytest
+from tiny import run_cli, tiny_toml
+
+RUN = {"n_data": 4, "repeats": 2, "reference": "importance", "reference_samples": 500}
+GRID = {"estimator": ["log_space"], "dtype": ["float32", "float64"], "n_samples": [1, 10],
+        "model": ["untrained-k2"], "parametrization": ["logits"], "device": ["cpu"]}
+PKG = "lvmb_hostile_pkg"  # unique: the import system's cache cannot mix it up with another test's
+
+MODELS = '''
+import math
+
+import torch
+
+
+class NoPixelProbs:
+    """A protocol model (latent_dim, sample_prior, log_likelihood) without pixel_probs."""
+
+    latent_dim = 2
+
+    def __init__(self):
+        self.w = torch.randn(2, 784, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def sample_prior(self, n, generator):
+        return torch.randn(n, 2, generator=generator, dtype=torch.float64)
+
+    def log_likelihood(self, x, z, dtype):
+        logits = (z.to(dtype) @ self.w.to(dtype))[None]
+        x = x.to(dtype)[:, None]
+        return (x * logits - torch.nn.functional.softplus(logits)).sum(-1)
+
+
+def no_pixel_probs():
+    return NoPixelProbs()
+
+
+def exits():
+    raise SystemExit(0)
+'''
+
+
+def _cfg(tmp: Path, name: str = "cfg.toml", **grid) -> Path:
+    path = tmp / name
+    path.write_text(tiny_toml(run=RUN, grid={**GRID, **grid}))
+    return path
+
+
+def _digest(root: Path) -> dict[str, str]:
+    """Every file under ``root`` by its sha256: what "byte-identical" means for a run directory."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pkg(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("hostile")
+    (d / PKG).mkdir()
+    (d / PKG / "__init__.py").write_text("")
+    (d / PKG / "models.py").write_text(MODELS)
+    sys.path.insert(0, str(d))
+    yield d
+    sys.path.remove(str(d))
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache_dir) -> Path:
+    """A finished tiny run (read it, or copy it before changing it)."""
+    d = tmp_path_factory.mktemp("finished")
+    out = d / "run"
+    assert run_cli("--config", str(_cfg(d)), "--out", str(out), cache=cache_dir) == 0
+    return out
+
+
+def _fake_run(tmp: Path) -> Path:
+    """A directory that holds a run as far as --force is concerned (meta.json and a table)."""
+    old = tmp / "old"
+    old.mkdir()
+    (old / "meta.json").write_text('{"status": "complete", "format_version": 2}\n')
+    (old / "cells.csv").write_text("estimator,dtype\nlog_space,float32\n")
+    return old
+
+
+# ------------------------------------------------ item 8: a run with no runnable cell
+
+
+@pytest.mark.parametrize(("grid", "words"), [
+    ({"proposal": ["encoder"]}, "has no encoder"),
+    ({"precision": ["autocast"]}, "autocast lowers to float16 or bfloat16 only"),
+], ids=["encoder-without-one", "autocast-at-float32-64"])
+def test_a_grid_with_no_runnable_cell_exits_2_writing_nothing(tmp_path, cache_dir, capsys, grid, words):
+    out = tmp_path / "never"
+    assert run_cli("--config", str(_cfg(tmp_path, **grid)), "--out", str(out), cache=cache_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no cell of the grid can run" in err[-1] and words in err[-1]
+    assert not out.exists()
+    old = _fake_run(tmp_path)  # ... and under --force the run there stays as it was
+    before = _digest(old)
+    cfg = _cfg(tmp_path, **grid)
+    assert run_cli("--config", str(cfg), "--out", str(old), "--force", cache=cache_dir) == 2
+    assert _digest(old) == before
