@@ -85,8 +85,12 @@ def _run(args: argparse.Namespace) -> int:
     for r in failed.to_dict("records"):
         print(f"FAILED {Cell.of(r).label}: {r['reason']}", file=sys.stderr)
     ok = int((table["status"] == "ok").sum()) if "status" in table else 0
-    print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok - len(failed)} skipped, "
-          f"{len(failed)} failed", file=sys.stderr)
+    counts = f"{ok} cells measured, {len(table) - ok - len(failed)} skipped, {len(failed)} failed"
+    if table.attrs.get("previous_run") == "restored":
+        print(f"lvm-bench run: --force: no cell was measured ({counts}); the run that was in {out} is "
+              "kept as it was", file=sys.stderr)
+        return 1
+    print(f"wrote {out}/cells.csv: {counts}", file=sys.stderr)
     if args.report:
         from bench.report.page import write_report
 

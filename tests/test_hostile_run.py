@@ -5,11 +5,15 @@ N in {1, 10})."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from tiny import run_cli, tiny_toml
+
+from bench.cli import main
 
 RUN = {"n_data": 4, "repeats": 2, "reference": "importance", "reference_samples": 500}
 GRID = {"estimator": ["log_space"], "dtype": ["float32", "float64"], "n_samples": [1, 10],
@@ -107,3 +111,30 @@ def test_a_grid_with_no_runnable_cell_exits_2_writing_nothing(tmp_path, cache_di
     cfg = _cfg(tmp_path, **grid)
     assert run_cli("--config", str(cfg), "--out", str(old), "--force", cache=cache_dir) == 2
     assert _digest(old) == before
+
+
+# ------------------------------------------------ item 9: --force and a run whose every cell failed
+
+
+@pytest.mark.slow
+def test_force_with_every_cell_failing_keeps_the_old_run_byte_identical(pkg, finished, tmp_path, cache_dir,
+                                                                         capsys):
+    old = tmp_path / "run"
+    shutil.copytree(finished, old)
+    before = _digest(old)
+    cfg = _cfg(tmp_path, "bad.toml", estimator=["prob_space"], model=[f"{PKG}.models:no_pixel_probs"])
+    assert run_cli("--config", str(cfg), "--out", str(old), "--force", cache=cache_dir) == 1
+    err = capsys.readouterr().err
+    assert "FAILED prob_space" in err and "the run that was in" in err and "is kept as it was" in err
+    assert _digest(old) == before
+    assert main(["report", str(old), "--out", str(tmp_path / "rep")]) == 0  # still a readable run
+
+
+@pytest.mark.slow
+def test_force_with_a_measured_cell_replaces_the_old_run(finished, tmp_path, cache_dir):
+    old = tmp_path / "run"
+    shutil.copytree(finished, old)
+    cfg = _cfg(tmp_path, "other.toml", dtype=["float64"])
+    assert run_cli("--config", str(cfg), "--out", str(old), "--force", cache=cache_dir) == 0
+    assert set(pd.read_csv(old / "cells.csv").dtype) == {"float64"}
+    assert sorted(p.name for p in old.iterdir() if p.name.startswith(".")) == []  # nothing set aside is left

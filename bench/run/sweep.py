@@ -152,6 +152,8 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     finally:
         try:
             table = _finish(store, meta, ctx, order, skipped, skip_keys, failed, t0)
+            measured = int((table["status"] == "ok").sum()) if "status" in table else 0
+            table.attrs["previous_run"] = store.settle(meta["status"] in ("complete", "failed"), measured)
         except OSError as e:  # the disk filled up while the tables were written
             if e.errno != errno.ENOSPC:
                 raise
