@@ -138,3 +138,39 @@ def test_force_with_a_measured_cell_replaces_the_old_run(finished, tmp_path, cac
     assert run_cli("--config", str(cfg), "--out", str(old), "--force", cache=cache_dir) == 0
     assert set(pd.read_csv(old / "cells.csv").dtype) == {"float64"}
     assert sorted(p.name for p in old.iterdir() if p.name.startswith(".")) == []  # nothing set aside is left
+
+
+# ------------------------------------------------ item 10: a cut or damaged cells.csv
+
+
+def _cut(finished: Path, tmp: Path) -> Path:
+    cut = tmp / "cut"
+    shutil.copytree(finished, cut)
+    text = (cut / "cells.csv").read_bytes()
+    last = text.rstrip(b"\n").rfind(b"\n")  # the start of the last row
+    (cut / "cells.csv").write_bytes(text[:last + (len(text) - last) // 2])  # ... cut in its middle
+    return cut
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("side", ["baseline", "new"])
+def test_compare_refuses_a_cells_table_cut_mid_row(finished, tmp_path, capsys, side):
+    cut = _cut(finished, tmp_path)
+    rows = len(pd.read_csv(finished / "cells.csv"))
+    pair = [cut, finished] if side == "baseline" else [finished, cut]
+    assert main(["compare", *map(str, pair)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"{cut / 'cells.csv'}" in err and f"row {rows + 1}" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_report_refuses_a_cells_table_cut_mid_row_or_with_a_short_row(finished, tmp_path, capsys):
+    cut = _cut(finished, tmp_path)
+    assert main(["report", str(cut), "--out", str(tmp_path / "rep")]) == 2
+    assert f"{cut / 'cells.csv'}" in capsys.readouterr().err
+    lines = (finished / "cells.csv").read_text().splitlines(keepends=True)
+    lines[2] = ",".join(lines[2].split(",")[:5]) + "\n"  # a row of five fields, whole lines around it
+    (cut / "cells.csv").write_text("".join(lines))
+    assert main(["report", str(cut), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert f"{cut / 'cells.csv'}" in err and "row 3" in err and "5 fields" in err
