@@ -18,6 +18,7 @@ failed cell (run), 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from pathlib import Path
@@ -53,11 +54,27 @@ def _compare_format(value: str) -> str:
 
 
 def _listed(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]  # "," is []
 
 
 def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A dask scheduler address: [tcp|tls|ucx|ws|wss://]HOST:PORT (HOST a name, an IPv4 or a bracketed IPv6).
+SCHEDULER = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}/?")
+
+
+def _check_executor_flags(args: argparse.Namespace) -> None:
+    """--scheduler and --workers, before the config is read (dask's own parser raises a bare
+    ValueError deep in the connection for an address without a port)."""
+    from lvm.errors import InputError
+
+    if args.scheduler is not None and not SCHEDULER.fullmatch(args.scheduler):
+        raise InputError(f"--scheduler {args.scheduler!r} is not a scheduler address; accepted: "
+                         "tcp://HOST:PORT (tls://, ucx://, ws://, wss:// or no scheme also)")
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers} is invalid; accepted: a positive integer")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -65,6 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     from bench.run.executors import make_executor
     from bench.run.sweep import run
 
+    _check_executor_flags(args)
     overrides = list(args.set or [])
     for section, keys in (("grid", AXIS_FLAGS), ("run", ("seed", "repeats", "n_data", "dataset"))):
         overrides += [f"{section}.{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
@@ -118,7 +136,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from lvm.errors import InputError
 
     try:
-        ns = [int(v) for v in _listed(args.n_samples)] if args.n_samples else None
+        ns = None if args.n_samples is None else [int(v) for v in _listed(args.n_samples)]
     except ValueError as e:
         raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive "
                          "integers") from e

@@ -174,3 +174,36 @@ def test_report_refuses_a_cells_table_cut_mid_row_or_with_a_short_row(finished, 
     assert main(["report", str(cut), "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
     assert f"{cut / 'cells.csv'}" in err and "row 3" in err and "5 fields" in err
+
+
+# ------------------------------------------------ item 12: one line instead of a traceback
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--n-samples", ","], "--n-samples is empty"),
+    (["--dtype", ","], "--dtype is empty"),
+    (["--estimator", ","], "--estimator is empty"),
+    (["--precision", ","], "--precision is empty"),
+    (["--dtype", "float32", "--precision", "autocast"], "no setting to diagnose"),
+    (["--n-samples", str(10**9)], "--n-samples 1000000000 is too large"),
+    (["--expect", "float16/log_space/cast", "--dtype", "float32"], "--expect 'float16/log_space/cast'"),
+    (["--expect", "log_space"], "--expect 'log_space'"),
+    (["--expect", "float16/log_space/autocast", "--precision", "cast"],
+     "--expect 'float16/log_space/autocast'"),
+], ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_diagnose_refuses_bad_lists_and_expect_before_running(cache_dir, capsys, monkeypatch, args, words):
+    import bench.diagnose
+
+    monkeypatch.setattr(bench.diagnose, "_rows", lambda *a, **k: pytest.fail("diagnosed before checking"))
+    assert main(["diagnose", "--model", "untrained-k2", "--n-data", "4", "--no-truth",
+                 "--cache-dir", cache_dir, *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+
+
+def test_a_scheduler_address_without_a_port_exits_2(tmp_path, cache_dir, capsys):
+    out = tmp_path / "never"
+    assert run_cli("--config", str(_cfg(tmp_path)), "--out", str(out), "--executor", "dask", "--scheduler",
+                   "notaurl", cache=cache_dir) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "--scheduler 'notaurl'" in err[-1] and "tcp://HOST:PORT" in err[-1] and not out.exists()
