@@ -11,8 +11,8 @@ is text, markdown or json. An old spelling still works and prints one line on st
 new one: compare's ``--output`` (now ``--out``), ``--k`` (now ``--se-threshold``: K is the latent
 dimension everywhere else) and ``--format table`` (now ``text``).
 
-Exit codes: 0 success, 1 a regression (compare), an unsafe setting (diagnose --expect) or a
-failed cell (run), 2 bad input, 130 interrupted.
+Exit codes: 0 success, 1 a regression (compare), an unsafe setting (diagnose --expect), a
+failed cell (run) or SystemExit raised by code a verb called, 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -77,6 +77,25 @@ def _check_executor_flags(args: argparse.Namespace) -> None:
         raise InputError(f"--workers {args.workers} is invalid; accepted: a positive integer")
 
 
+def _stamp(path: Path) -> tuple | None:
+    """What tells a file rewritten (atomic writes replace it: a new inode), or None when absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _user_exit(e: SystemExit) -> str:
+    """Where a SystemExit raised inside a verb came from: the innermost frame of its traceback."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb else None
+    where = f" in {code.co_name} ({code.co_filename}:{tb.tb_lineno})" if tb else ""
+    return f"SystemExit({e.code!r}) raised{where}"
+
+
 def _run(args: argparse.Namespace) -> int:
     from bench.run.config import Cell, load_config
     from bench.run.executors import make_executor
@@ -93,9 +112,15 @@ def _run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     executor = make_executor(args.executor, args.scheduler, args.workers)
     previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a run as Ctrl-C does
+    before = _stamp(out / "meta.json")
     try:
         table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
                     cache_dir=args.cache_dir, executor=executor)
+    except KeyboardInterrupt:
+        saved = (f"finished cells are saved: continue with `lvm-bench run --resume --out {out}`"
+                 if _stamp(out / "meta.json") != before else f"nothing was written to {out}")
+        print(f"lvm-bench run: interrupted; {saved}", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         getattr(executor, "close", lambda: None)()
@@ -245,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 2 with its message on bad input (:class:`lvm.errors.InputError`, the one project
-    error class); any other exception is a bug and keeps its traceback (exit 1)."""
+    error class); 1 with one line when code a verb called raised SystemExit (a factory's
+    ``sys.exit(0)`` must not read as success); any other exception is a bug and keeps its
+    traceback (exit 1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from lvm.errors import InputError
@@ -253,11 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; finished cells are saved: continue with --resume", file=sys.stderr)
+        print(f"lvm-bench {args.command}: interrupted", file=sys.stderr)
         return 130
     except InputError as e:
         print(f"lvm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse exits above, in parse_args: this one is code a verb called
+        print(f"lvm-bench {args.command}: error: {_user_exit(e)}: code the verb called (a model factory, "
+              "an outside estimator or data) ended the process; that is a failure of that code, not a "
+              "success", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

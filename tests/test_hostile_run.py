@@ -49,6 +49,10 @@ def no_pixel_probs():
 
 def exits():
     raise SystemExit(0)
+
+
+def interrupts():
+    raise KeyboardInterrupt
 '''
 
 
@@ -207,3 +211,33 @@ def test_a_scheduler_address_without_a_port_exits_2(tmp_path, cache_dir, capsys)
                    "notaurl", cache=cache_dir) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert "--scheduler 'notaurl'" in err[-1] and "tcp://HOST:PORT" in err[-1] and not out.exists()
+
+
+# ------------------------------------------------ item 13: SystemExit, --workers 0, an early Ctrl-C
+
+
+@pytest.mark.parametrize("verb", ["run", "diagnose"])
+def test_systemexit_from_a_factory_is_a_failure_not_success(pkg, tmp_path, cache_dir, capsys, verb):
+    model = f"{PKG}.models:exits"
+    if verb == "run":
+        cfg = _cfg(tmp_path, model=[model])
+        rc = run_cli("--config", str(cfg), "--out", str(tmp_path / "o"), cache=cache_dir)
+    else:
+        rc = main(["diagnose", "--model", model, "--n-data", "4", "--no-truth", "--cache-dir", cache_dir])
+    assert rc == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "SystemExit(0)" in err[-1] and "in exits" in err[-1] and "models.py" in err[-1]
+
+
+def test_workers_0_is_refused_with_the_local_executor(tmp_path, cache_dir, capsys):
+    out = tmp_path / "never"
+    assert run_cli("--config", str(_cfg(tmp_path)), "--out", str(out), "--workers", "0", cache=cache_dir) == 2
+    assert "--workers 0 is invalid" in capsys.readouterr().err and not out.exists()
+
+
+def test_an_interrupt_before_anything_was_written_says_so(pkg, tmp_path, cache_dir, capsys):
+    out = tmp_path / "never"
+    cfg = _cfg(tmp_path, model=[f"{PKG}.models:interrupts"])
+    assert run_cli("--config", str(cfg), "--out", str(out), cache=cache_dir) == 130
+    err = capsys.readouterr().err
+    assert "finished cells are saved" not in err and f"nothing was written to {out}" in err
