@@ -117,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
                     cache_dir=args.cache_dir, executor=executor)
     except KeyboardInterrupt:
-        saved = (f"finished cells are saved: continue with `lvm-bench run --resume --out {out}`"
+        saved = (f"finished cells are saved: continue with --resume --out {out}"
                  if _stamp(out / "meta.json") != before else f"nothing was written to {out}")
         print(f"lvm-bench run: interrupted; {saved}", file=sys.stderr)
         return 130
