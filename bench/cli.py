@@ -11,13 +11,14 @@ is text, markdown or json. An old spelling still works and prints one line on st
 new one: compare's ``--output`` (now ``--out``), ``--k`` (now ``--se-threshold``: K is the latent
 dimension everywhere else) and ``--format table`` (now ``text``).
 
-Exit codes: 0 success, 1 a regression (compare), an unsafe setting (diagnose --expect) or a
-failed cell (run), 2 bad input, 130 interrupted.
+Exit codes: 0 success, 1 a regression (compare), an unsafe setting (diagnose --expect), a
+failed cell (run) or SystemExit raised by code a verb called, 2 bad input, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 from pathlib import Path
@@ -53,11 +54,46 @@ def _compare_format(value: str) -> str:
 
 
 def _listed(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]  # "," is []
 
 
 def _terminated(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+# A dask scheduler address: [tcp|tls|ucx|ws|wss://]HOST:PORT (HOST a name, an IPv4 or a bracketed IPv6).
+SCHEDULER = re.compile(r"(?:(?:tcp|tls|ucx|ws|wss)://)?(?:\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):\d{1,5}/?")
+
+
+def _check_executor_flags(args: argparse.Namespace) -> None:
+    """--scheduler and --workers, before the config is read (dask's own parser raises a bare
+    ValueError deep in the connection for an address without a port)."""
+    from lvm.errors import InputError
+
+    if args.scheduler is not None and not SCHEDULER.fullmatch(args.scheduler):
+        raise InputError(f"--scheduler {args.scheduler!r} is not a scheduler address; accepted: "
+                         "tcp://HOST:PORT (tls://, ucx://, ws://, wss:// or no scheme also)")
+    if args.workers < 1:
+        raise InputError(f"--workers {args.workers} is invalid; accepted: a positive integer")
+
+
+def _stamp(path: Path) -> tuple | None:
+    """What tells a file rewritten (atomic writes replace it: a new inode), or None when absent."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _user_exit(e: SystemExit) -> str:
+    """Where a SystemExit raised inside a verb came from: the innermost frame of its traceback."""
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code if tb else None
+    where = f" in {code.co_name} ({code.co_filename}:{tb.tb_lineno})" if tb else ""
+    return f"SystemExit({e.code!r}) raised{where}"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -65,19 +101,26 @@ def _run(args: argparse.Namespace) -> int:
     from bench.run.executors import make_executor
     from bench.run.sweep import run
 
+    _check_executor_flags(args)
     overrides = list(args.set or [])
     for section, keys in (("grid", AXIS_FLAGS), ("run", ("seed", "repeats", "n_data", "dataset"))):
         overrides += [f"{section}.{k}={getattr(args, k)}" for k in keys if getattr(args, k) is not None]
     config = load_config(args.config, overrides)
     out = Path(args.out or Path("results") / config.run["name"])
-    cells, excluded = config.cells()
+    cells, excluded = config.runnable()  # a grid of nothing: exit 2 before anything is written
     print(f"lvm-bench run: {len(cells)} cells ({len(excluded)} excluded, reasons in meta.json) -> {out}",
           file=sys.stderr)
     executor = make_executor(args.executor, args.scheduler, args.workers)
     previous = signal.signal(signal.SIGTERM, _terminated)  # SIGTERM ends a run as Ctrl-C does
+    before = _stamp(out / "meta.json")
     try:
         table = run(config, out, resume=args.resume, force=args.force, progress=not args.no_progress,
                     cache_dir=args.cache_dir, executor=executor)
+    except KeyboardInterrupt:
+        saved = (f"finished cells are saved: continue with --resume --out {out}"
+                 if _stamp(out / "meta.json") != before else f"nothing was written to {out}")
+        print(f"lvm-bench run: interrupted; {saved}", file=sys.stderr)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
         getattr(executor, "close", lambda: None)()
@@ -85,8 +128,12 @@ def _run(args: argparse.Namespace) -> int:
     for r in failed.to_dict("records"):
         print(f"FAILED {Cell.of(r).label}: {r['reason']}", file=sys.stderr)
     ok = int((table["status"] == "ok").sum()) if "status" in table else 0
-    print(f"wrote {out}/cells.csv: {ok} cells measured, {len(table) - ok - len(failed)} skipped, "
-          f"{len(failed)} failed", file=sys.stderr)
+    counts = f"{ok} cells measured, {len(table) - ok - len(failed)} skipped, {len(failed)} failed"
+    if table.attrs.get("previous_run") == "restored":
+        print(f"lvm-bench run: --force: no cell was measured ({counts}); the run that was in {out} is "
+              "kept as it was", file=sys.stderr)
+        return 1
+    print(f"wrote {out}/cells.csv: {counts}", file=sys.stderr)
     if args.report:
         from bench.report.page import write_report
 
@@ -114,7 +161,7 @@ def _diagnose(args: argparse.Namespace) -> int:
     from lvm.errors import InputError
 
     try:
-        ns = [int(v) for v in _listed(args.n_samples)] if args.n_samples else None
+        ns = None if args.n_samples is None else [int(v) for v in _listed(args.n_samples)]
     except ValueError as e:
         raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive "
                          "integers") from e
@@ -223,7 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit 2 with its message on bad input (:class:`lvm.errors.InputError`, the one project
-    error class); any other exception is a bug and keeps its traceback (exit 1)."""
+    error class); 1 with one line when code a verb called raised SystemExit (a factory's
+    ``sys.exit(0)`` must not read as success); any other exception is a bug and keeps its
+    traceback (exit 1)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     from lvm.errors import InputError
@@ -231,11 +280,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print("interrupted; finished cells are saved: continue with --resume", file=sys.stderr)
+        print(f"lvm-bench {args.command}: interrupted", file=sys.stderr)
         return 130
     except InputError as e:
         print(f"lvm-bench {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except SystemExit as e:  # argparse exits above, in parse_args: this one is code a verb called
+        print(f"lvm-bench {args.command}: error: {_user_exit(e)}: code the verb called (a model factory, "
+              "an outside estimator or data) ended the process; that is a failure of that code, not a "
+              "success", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from bench.report.render import fmt_num, fmt_pct, table
-from bench.run.config import estimator_spec
+from bench.run.config import MAX_N_SAMPLES, estimator_spec
 from bench.run.environment import cpu_capability
 from lvm import sources
 from lvm.axes import AUTOCAST_DTYPES, DTYPES, ESTIMATORS, LEVELS, PRECISIONS
@@ -94,17 +94,8 @@ class Diagnosis:
 
     def verdict(self, setting: str) -> bool:
         """Whether ``DTYPE/ESTIMATOR[/PRECISION]`` is safe at every N diagnosed."""
-        parts = setting.split("/")
-        if len(parts) == 2:
-            parts.append("cast")
-        rows = [r for r in self.rows
-                if len(parts) == 3 and (r.dtype, r.estimator, r.precision) == tuple(parts)]
-        if not rows:
-            have = sorted({r.setting for r in self.rows})
-            raise InputError(f"--expect {setting!r} is not a diagnosed setting; accepted: "
-                             "DTYPE/ESTIMATOR/PRECISION, "
-                             f"one of {', '.join(have)}")
-        return all(r.safe for r in rows)
+        wanted = check_expect(setting, {r.setting for r in self.rows})
+        return all(r.safe for r in self.rows if r.setting == wanted)
 
     def to_json(self) -> dict:
         rec = self.recommendation
@@ -145,12 +136,58 @@ class Diagnosis:
         return "\n".join([head, "", table(rows, "text"), "", tail])
 
 
+def check_expect(setting: str, settings) -> str:
+    """``setting`` (``DTYPE/ESTIMATOR[/PRECISION]``, cast when the precision is left out) as it is
+    written in ``settings``, the diagnosed ones; InputError naming them when it is not one."""
+    parts = setting.split("/") if isinstance(setting, str) else []
+    wanted = "/".join([*parts, "cast"] if len(parts) == 2 else parts)
+    if wanted not in settings:
+        raise InputError(f"--expect {setting!r} is not a diagnosed setting; accepted: "
+                         f"DTYPE/ESTIMATOR/PRECISION, one of {', '.join(sorted(settings))}")
+    return wanted
+
+
+def _applies(dtype: str, precision: str) -> bool:
+    """Whether a (dtype, precision) pair is a setting of its own: autocast at float32 and float64
+    is the cast policy."""
+    return precision != "autocast" or DTYPES[dtype] in AUTOCAST_DTYPES
+
+
 def _choices(argument: str, values, accepted) -> list[str]:
     values = list(values)
     for v in values:
         if v not in accepted:
             raise InputError(f"{argument} {v!r} is not supported; accepted: {', '.join(accepted)}")
     return values
+
+
+def plan(dtypes, estimators, precisions, n_samples) -> tuple[list[str], dict, list[str], list[int]]:
+    """The lists of a diagnosis, checked before anything runs: (dtypes, estimator specs, precisions,
+    Ns). InputError for an empty list, an unknown value, N out of run's bounds, or lists that
+    leave no setting (autocast with float32/float64 only)."""
+    given = {"--dtype": dtypes, "--estimator": estimators, "--precision": precisions,
+             "--n-samples": n_samples}
+    for argument, values in given.items():
+        if not list(values):
+            raise InputError(f"{argument} is empty; accepted: one value or more, comma-separated")
+    dtypes = _choices("--dtype", dtypes, LEVELS["dtype"])
+    precisions = _choices("--precision", precisions, LEVELS["precision"])
+    specs = {e: estimator_spec(e) for e in estimators}
+    ns = [check_int("--n-samples", n, minimum=1) for n in n_samples]
+    for n in ns:
+        if n > MAX_N_SAMPLES:
+            raise InputError(f"--n-samples {n} is too large; accepted: positive integers up to "
+                             f"{MAX_N_SAMPLES:,}, as for `lvm-bench run`")
+    if not any(_applies(dt, p) for dt in dtypes for p in precisions):
+        raise InputError(f"no setting to diagnose: --precision {','.join(precisions)} with --dtype "
+                         f"{','.join(dtypes)}: autocast lowers to float16 or bfloat16 only; accepted: "
+                         "cast, or a dtype of float16, bfloat16")
+    return dtypes, specs, precisions, ns
+
+
+def settings(dtypes, estimators, precisions) -> set[str]:
+    """The ``DTYPE/ESTIMATOR/PRECISION`` settings a diagnosis of these lists has rows for."""
+    return {f"{dt}/{e}/{p}" for dt in dtypes for p in precisions if _applies(dt, p) for e in estimators}
 
 
 def _below_floor(model, x: torch.Tensor, n: int, seed: int, floors: dict[str, float]) -> dict[str, float]:
@@ -167,10 +204,7 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
              estimators=tuple(ESTIMATORS), precisions=PRECISIONS, n_samples=(DEFAULT_N,), seed: int = 0,
              truth: bool | None = None, cache_dir=None, threads: int | None = None) -> Diagnosis:
     """The verdict table of one model; ``truth=None`` checks against quadrature when K <= 2."""
-    dtypes = _choices("--dtype", dtypes, LEVELS["dtype"])
-    precisions = _choices("--precision", precisions, LEVELS["precision"])
-    specs = {e: estimator_spec(e) for e in estimators}
-    ns = [check_int("--n-samples", n, minimum=1) for n in n_samples]
+    dtypes, specs, precisions, ns = plan(dtypes, estimators, precisions, n_samples)
     n_data = check_int("--n-data", n_data, minimum=1)
     dataset = sources.load_dataset(data, "test", cache_dir=cache_dir)
     if n_data > len(dataset):
@@ -206,8 +240,8 @@ def _rows(model, x, n, seed, dtypes, specs, precisions, truth_px) -> list[Verdic
     out = []
     for dt in dtypes:
         for prec in precisions:
-            if prec == "autocast" and DTYPES[dt] not in AUTOCAST_DTYPES:
-                continue  # autocast at float32/float64 is the cast policy
+            if not _applies(dt, prec):
+                continue
             ests = evaluate(model, x, n, dtype=dt, estimators=specs, seed=seed, precision=prec)
             for name, spec in specs.items():
                 est = next(v for (e, _), v in ests.items() if e == name)
@@ -249,6 +283,9 @@ def run(model: str, *, data: str = "mnist-5k", n_data: int = 32, dtypes=tuple(DT
     (``DTYPE/ESTIMATOR[/PRECISION]``) 0 when that setting is safe at every N and 1 when not."""
     if fmt not in ("text", "markdown", "json"):
         raise InputError(f"--format {fmt!r}; accepted: text, markdown, json")
+    if expect is not None:  # before the diagnosis, which can take minutes
+        dts, specs, precs, _ = plan(dtypes, estimators, precisions, n_samples)
+        check_expect(expect, settings(dts, specs, precs))
     result = diagnose(model, data=data, n_data=n_data, dtypes=dtypes, estimators=estimators,
                       precisions=precisions, n_samples=n_samples, seed=seed, cache_dir=cache_dir, truth=truth)
     print(result.render(fmt))

@@ -167,6 +167,21 @@ class Config:
                 cells.append(cell)
         return cells, excluded
 
+    def runnable(self, unavailable: dict[tuple[str, str], str] | None = None
+                 ) -> tuple[list[Cell], list[dict[str, str]]]:
+        """:meth:`cells`, or a ConfigError when none remains: one line naming, for each reason the
+        grid's cells are excluded for, how many and one of them (a run of nothing is refused
+        before anything is written, so that it never replaces a run under --force)."""
+        cells, excluded = self.cells(unavailable)
+        if cells:
+            return cells, excluded
+        by_reason: dict[str, list[str]] = {}
+        for e in excluded:
+            by_reason.setdefault(e["reason"], []).append(e["cell"])
+        why = "; ".join(f"{len(keys)} as {reason} (e.g. {keys[0]})" for reason, keys in by_reason.items())
+        raise ConfigError(f"{self.source}: no cell of the grid can run: all {len(excluded)} are excluded: "
+                          f"{why}; accepted: a grid with at least one cell that runs")
+
     def _exclusion(self, cell: Cell) -> str | None:
         """Why the grid's rules leave ``cell`` out, or None."""
         if cell.precision == "autocast" and cell.dtype in ("float32", "float64"):

@@ -34,6 +34,9 @@ from lvm._io import atomic_write  # the one atomic, fsynced write; callers get a
 RUN_FILES = ("meta.json", "cells.csv", "raw.parquet", "raw.csv.gz", "loglik.csv.gz", "k2.npz",
              "report.md", "report.html")
 RUN_DIRS = ("parts", "figures", "tables")
+# Under --force the old run is moved here, not deleted, and stays until the new run has run every cell:
+# dropped if it measured one, moved back (byte for byte) if it measured none (RunStore.settle).
+ASIDE = ".replaced"
 
 
 PART_KEY = "_part"  # a part's own record: its raw file's row count and sha256 (not a cells.csv column)
@@ -92,7 +95,8 @@ class RunStore:
     def exists(self) -> bool:
         """Whether the directory holds a run: meta.json, or parts/ with anything in it (an empty
         parts/ left by an interrupt before meta.json was written holds nothing to keep)."""
-        return self.meta_path.exists() or (self.parts.is_dir() and any(self.parts.iterdir()))
+        return (self.meta_path.exists() or (self.parts.is_dir() and any(self.parts.iterdir()))
+                or (self.root / ASIDE).is_dir())
 
     def check(self, *, resume: bool, force: bool) -> None:
         """Whether the directory can take this run, writing nothing: never overwrite without --force."""
@@ -149,10 +153,7 @@ class RunStore:
         try:
             self.check(resume=resume, force=force)  # again, under the lock: another run may have begun
             if force and not resume and self.exists():
-                for name in RUN_DIRS:
-                    shutil.rmtree(self.root / name, ignore_errors=True)
-                for f in RUN_FILES:
-                    (self.root / f).unlink(missing_ok=True)
+                self._set_aside()
             if resume:
                 self.upgrade_parts()
             self.write_meta(meta)
@@ -163,6 +164,42 @@ class RunStore:
         except BaseException:
             self.release()
             raise
+
+    def _run_paths(self, root: Path) -> list[Path]:
+        return [root / n for n in (*RUN_DIRS, *RUN_FILES) if (root / n).exists()]
+
+    def _remove_run(self) -> None:
+        for path in self._run_paths(self.root):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    def _set_aside(self) -> None:
+        """--force: move the old run into ASIDE. When ASIDE already holds one (an earlier --force
+        run was interrupted before it ran every cell), that is the last finished run: it stays,
+        and the unfinished run in its place is removed."""
+        aside = self.root / ASIDE
+        if aside.is_dir():
+            self._remove_run()
+            return
+        aside.mkdir()
+        for path in self._run_paths(self.root):
+            os.replace(path, aside / path.name)
+
+    def settle(self, finished: bool, measured: int) -> str | None:
+        """At the end of a segment, the run set aside by --force: dropped when the new run ran
+        every cell and measured at least one ("replaced"); moved back in place of the new run,
+        byte for byte, when it ran every cell and measured none ("restored"); kept while the new
+        run is unfinished (a --resume settles it). None when nothing was set aside."""
+        aside = self.root / ASIDE
+        if not aside.is_dir() or not finished:
+            return None
+        if measured:
+            shutil.rmtree(aside)
+            return "replaced"
+        self._remove_run()
+        for path in self._run_paths(aside):
+            os.replace(path, self.root / path.name)
+        aside.rmdir()
+        return "restored"
 
     def read_meta(self) -> dict:
         """meta.json in today's format (:mod:`bench.run.formats`); ``version`` says which it was

@@ -6,6 +6,8 @@ run directory is :mod:`bench.run.rundir`; its names are importable from here too
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from dataclasses import dataclass, field, fields
 from functools import cached_property
@@ -205,6 +207,7 @@ def load_run(path: str | os.PathLike) -> Run:
         raise RunError(f"{root}: cells.csv is missing, so there is nothing to read (the run finished "
                        f"no cell; continue it with `lvm-bench run --resume --out {root}`)")
     try:
+        _check_rows(path)
         cells = formats.upgrade("cells", pd.read_csv(path), version)
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise RunError(f"{path}: cannot be read as a table ({e})") from e
@@ -225,6 +228,29 @@ def load_run(path: str | os.PathLike) -> Run:
                         "(continue it with `lvm-bench run --resume`)")
     problems += _missing_cells(meta, cells)
     return Run(root, meta, cells, problems)
+
+
+def _check_rows(path: Path) -> None:
+    """RunError naming the file and the row (the header is row 1) when cells.csv is cut or damaged:
+    its last row lacks the newline every written row ends with (the file was cut mid-row), or a
+    row has another number of fields than the header (pandas would fill the missing ones with
+    NaN, and a cell would be read as not measured rather than as damaged)."""
+    text = path.read_bytes().decode()  # UnicodeDecodeError: the caller names the file
+    if not text:
+        return  # pandas' EmptyDataError names it
+    reader = csv.reader(io.StringIO(text))
+    try:
+        header = next(reader)
+        rows = [(reader.line_num, len(row)) for row in reader]
+    except csv.Error as e:
+        raise RunError(f"{path}: row {reader.line_num + 1} cannot be read ({e}): a damaged table") from e
+    if not text.endswith("\n"):
+        raise RunError(f"{path}: row {reader.line_num} is cut (the file ends mid-row, without its newline): "
+                       "a truncated table; rewrite it with `lvm-bench run --resume` or use an intact copy")
+    for line, n in rows:
+        if n != len(header):
+            raise RunError(f"{path}: row {line} has {n} fields, the header {len(header)}: a cut or damaged "
+                           "table; rewrite it with `lvm-bench run --resume` or use an intact copy")
 
 
 def _missing_cells(meta: Meta, cells: pd.DataFrame) -> list[str]:

@@ -93,6 +93,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     t0 = time.perf_counter()
     store = RunStore(out)
     store.check(resume=resume, force=force)
+    config.runnable()  # a grid of nothing is refused before the models and the truth are loaded
     meta = {}
     if resume:
         meta = store.read_meta()
@@ -105,7 +106,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     for name in config.models:  # models and ground truth first, once, before any cell is timed
         ctx.truth(name)  # at torch's default threads, as before: cached, and the longest serial step
     ctx.probe_estimators()  # an outside estimator that fails or returns the wrong shape: before writing
-    cells, excluded = config.cells(ctx.unavailable())
+    cells, excluded = config.runnable(ctx.unavailable())
     order = [c.key for c in cells]
     reasons = {d: executor.skip_reason(d) for d in config.grid["device"]}
     done = store.done() if resume else set()  # --force replaces the old parts: none of them counts
@@ -151,6 +152,8 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     finally:
         try:
             table = _finish(store, meta, ctx, order, skipped, skip_keys, failed, t0)
+            measured = int((table["status"] == "ok").sum()) if "status" in table else 0
+            table.attrs["previous_run"] = store.settle(meta["status"] in ("complete", "failed"), measured)
         except OSError as e:  # the disk filled up while the tables were written
             if e.errno != errno.ENOSPC:
                 raise
