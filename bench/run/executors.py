@@ -133,15 +133,16 @@ class DaskExecutor:
         if self.scheduler:
             try:
                 return Client(self.scheduler, timeout="20s"), None
-            except OSError as e:
-                raise RunError(f"--scheduler {self.scheduler!r}: cannot connect ({e})") from e
+            except (OSError, ValueError) as e:  # ValueError: an address distributed cannot parse
+                raise RunError(f"--scheduler {self.scheduler!r}: cannot connect ({e}); accepted: "
+                               "tcp://HOST:PORT of a running scheduler") from e
         import dask
 
         # One task thread per worker process: one timed cell at a time per worker. dask's
         # default MALLOC_TRIM_THRESHOLD_=65536 for workers makes glibc hand every freed
         # multi-megabyte tensor back to the OS and fault it in again on the next chunk: it
         # slowed the decoder passes by half and more. Unset here unless the user's environment
-        # sets it; workers of an outside cluster need the same (see the README).
+        # sets it; workers of an outside cluster need the same (docs/guide.md).
         with dask.config.set({f"{SPAWN_ENV}.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = LocalCluster(n_workers=self.n_workers, threads_per_worker=1, processes=True,
                                    host="127.0.0.1", dashboard_address=None)
