@@ -198,6 +198,9 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
     encoder = has_encoder(model)
     proposals = _choices("--proposal", proposals or (("prior", "encoder") if encoder else ("prior",)),
                          PROPOSALS)
+    if "encoder" in proposals and not encoder:
+        raise InputError(f"--proposal 'encoder': --model {model_spec!r} has no encoder; accepted: prior, "
+                         "or a model with an encoder (the zoo's vae-kK and iwae-kK)")
     method = "quadrature" if model.latent_dim <= QUADRATURE_K else "importance"
     keep_temporaries_on_heap()  # timings as the sweep takes them
     with set_torch_threads(threads or torch.get_num_threads()):

@@ -80,7 +80,7 @@ class Trust:
         k = self.k_max
         if not k < 1:
             return None
-        return max(self.n_samples, math.ceil(10 ** (1 / (1 - max(k, 0.0)))))
+        return max(self.n_samples, math.ceil(round(10 ** (1 / (1 - max(k, 0.0))), 6)))
 
 
 def _num(v: float) -> str:
