@@ -166,7 +166,7 @@ def _diagnose(args: argparse.Namespace) -> int:
         raise InputError(f"--n-samples {args.n_samples!r}; accepted: comma-separated positive "
                          "integers") from e
     lists = {"dtypes": _listed(args.dtype), "estimators": _listed(args.estimator),
-             "precisions": _listed(args.precision), "n_samples": ns}
+             "precisions": _listed(args.precision), "n_samples": ns, "proposals": _listed(args.proposal)}
     return diagnose.run(args.model, data=args.data, n_data=args.n_data, seed=args.seed,
                         cache_dir=args.cache_dir, truth=False if args.no_truth else None, fmt=args.format,
                         expect=args.expect, **{k: v for k, v in lists.items() if v is not None})
@@ -246,11 +246,14 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--estimator", metavar="A,B,...", help="default: the four built-in estimators")
     d.add_argument("--precision", metavar="A,B,...", help="cast, autocast (default: both)")
     d.add_argument("--n-samples", dest="n_samples", metavar="N,...", help="default: 1000")
+    d.add_argument("--proposal", metavar="A,B", help="prior, encoder (default: both when the model has "
+                   "an encoder, else prior)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-truth", action="store_true", help="skip the quadrature check at K <= 2")
     d.add_argument("--format", choices=FORMATS, default="text", help="text (default), markdown or json")
-    d.add_argument("--expect", metavar="DTYPE/ESTIMATOR/PRECISION",
-                   help="exit 0 when this setting is safe, 1 when it is not (a gate for your CI)")
+    d.add_argument("--expect", metavar="DTYPE/ESTIMATOR/PRECISION[/PROPOSAL]",
+                   help="exit 0 when this setting is safe (precise and reliable), 1 when it is not "
+                   "(a gate for your CI)")
     d.add_argument("--cache-dir", help="where models and ground truth are cached")
     d.set_defaults(func=_diagnose)
 

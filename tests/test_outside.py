@@ -141,11 +141,15 @@ def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, 
     assert main(["diagnose", "--model", f"mine={PKG}.models:decoder", "--data", str(pkg / "digits.npz"),
                  "--n-data", "6", "--n-samples", "50", "--estimator", "log_space,log_mean_exp:log_mean_exp",
                  "--format", "json", "--cache-dir", cache_dir,
-                 "--expect", "float64/log_mean_exp:log_mean_exp/cast"]) == 0
+                 "--expect", "float64/log_mean_exp:log_mean_exp/cast"]) == 1
     verdicts = json.loads(capsys.readouterr().out)
     assert verdicts["model"] == "mine" and verdicts["data"]["dim"] == 100
     assert verdicts["truth"] == "quadrature"
     assert {r["estimator"] for r in verdicts["rows"]} == {"log_space", "log_mean_exp:log_mean_exp"}
+    # the outside estimator is precise in float64, but 50 prior draws of this decoder are too few
+    # for the weights to be reliable: the gate says no (exit 1) for that reason alone
+    (row,) = [r for r in verdicts["rows"] if r["setting"] == "float64/log_mean_exp:log_mean_exp/cast/prior"]
+    assert row["precise"] and not row["reliable"] and not row["safe"]
 
 
 BAD = [
