@@ -112,8 +112,8 @@ class Diagnosis:
         rows = [r for r in self.rows if r.setting.rpartition("/")[0] == wanted
                 and proposal in (None, r.proposal)]
         if not rows:
-            raise InputError(f"--expect {setting!r}: the proposal {proposal!r} was not diagnosed; "
-                             f"accepted: {', '.join(sorted({r.proposal for r in self.rows}))}")
+            raise InputError(f"--expect {setting!r} is not a diagnosed setting (no {proposal} proposal "
+                             f"here); accepted: one of {', '.join(sorted({r.setting for r in self.rows}))}")
         return all(r.safe for r in rows)
 
     def advice(self) -> str:
