@@ -166,6 +166,8 @@ class Context:
             if "encoder" in self.config.grid["proposal"] and not has_encoder(base):
                 out[(name, "encoder")] = (f"model {name!r} has no encoder (proposal(x)): measured with the "
                                           "prior proposal only")
+            elif "encoder" in self.config.grid["proposal"]:
+                base.proposal(self.x)  # an outside encode(x) that fails on the data: before writing
             for p in params[1:]:
                 if not hasattr(base, "with_output"):
                     out[(name, p)] = (f"model {name!r} has its own log_likelihood only (no with_output): "
