@@ -2,7 +2,9 @@
 
 The zoo's ``vae-k{K}`` and ``iwae-k{K}`` models pair the suite's 3 x 512 decoder with a
 :class:`GaussianEncoder` trained jointly with it (:mod:`lvm.train`, objectives "vae" and
-"iwae"). For the benchmark an encoder is a proposal: :class:`EncoderProposal` draws z from
+"iwae"); a user's VAE brings its own ``encode(x)`` (:class:`lvm.vae.VAEEncoder`). Both are an
+:class:`Encoder`, whose ``params(x)`` give the mean and log std of a diagonal Gaussian. For the
+benchmark an encoder is a proposal: :class:`EncoderProposal` draws z from
 q(z|x) per datapoint and evaluates log q(z|x), with the interface of
 :class:`lvm.posterior.MixtureProposal`, so :class:`lvm.draws.Draws` uses it as it is.
 Drawing near the posterior instead of from the prior lifts log p(x|z) from thousands of
