@@ -22,9 +22,9 @@ The probe below makes the first such call when the model is loaded, in float64.
 what meta.json records, so that ``compare`` sees a change): sha256 of
 
 1. the code: ``inspect.getsource`` of each class of the decoder's (and an outside encoder's)
-   modules, or of the model's
-   class and its bases, that torch does not define (TorchScript: each module's ``.code``;
-   ``"<no source>"`` where there is none);
+   modules, or of the model's class and its bases, that torch does not define (TorchScript:
+   each module's ``.code``; a torch.export program: its graph's ``.code``; ``"<no source>"``
+   where there is none);
 2. the plain attributes (numbers, strings, booleans) of those modules or of the model;
 3. a probe: the float64 output on 8 draws of a fixed seed (the decoder's output, and an outside
    encoder's mean and log std on 4 seeded binary rows; the model's draws, its log_likelihood of
@@ -239,6 +239,9 @@ def _code(h, objects) -> None:
     for obj in objects:
         if isinstance(obj, torch.jit.ScriptModule):
             h.update(f"|script|{getattr(obj, 'original_name', '')}|{_script_code(obj)}".encode())
+            continue
+        if isinstance(obj, torch.fx.GraphModule):  # a torch.export program: its graph is its code
+            h.update(f"|graph|{obj.code}".encode())
             continue
         for cls in type(obj).__mro__:
             if cls in seen or cls is object or cls.__module__.split(".")[0] == "torch":
