@@ -2,7 +2,9 @@
 
 The zoo's ``vae-k{K}`` and ``iwae-k{K}`` models pair the suite's 3 x 512 decoder with a
 :class:`GaussianEncoder` trained jointly with it (:mod:`lvm.train`, objectives "vae" and
-"iwae"). For the benchmark an encoder is a proposal: :class:`EncoderProposal` draws z from
+"iwae"); a user's VAE brings its own ``encode(x)`` (:class:`lvm.vae.VAEEncoder`). Both are an
+:class:`Encoder`, whose ``params(x)`` give the mean and log std of a diagonal Gaussian. For the
+benchmark an encoder is a proposal: :class:`EncoderProposal` draws z from
 q(z|x) per datapoint and evaluates log q(z|x), with the interface of
 :class:`lvm.posterior.MixtureProposal`, so :class:`lvm.draws.Draws` uses it as it is.
 Drawing near the posterior instead of from the prior lifts log p(x|z) from thousands of
@@ -57,7 +59,40 @@ def encoder_architecture(latent_dim: int, hidden: int = 256, layers: int = 2,
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # encoder -> {(dtype, device): copy}
 
 
-class GaussianEncoder(nn.Module):
+class Encoder(nn.Module):
+    """An amortised q(z|x) = N(mean(x), diag(exp(log_std(x))^2)): what :class:`EncoderProposal`
+    draws from. A subclass has ``latent_dim`` and ``data_dim`` and gives ``params(x)``, the mean
+    and log std [B, K] for x [B, D]: :class:`GaussianEncoder` is the suite's, and
+    :class:`lvm.vae.VAEEncoder` a user's ``encode(x)`` in one of the conventions VAE code uses."""
+
+    latent_dim: int
+    data_dim: int
+
+    def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, log_std), each [B, K], in the encoder's dtype."""
+        raise NotImplementedError
+
+    def cast(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> Encoder:
+        """An eval-mode, no-grad copy in ``dtype`` on ``device``, made once and reused.
+
+        The copy is made again when the weights have changed in place since (an optimizer
+        step bumps their version counters) or after :meth:`invalidate`.
+        """
+        device = torch.device(device)
+        stamp = tuple(p._version for p in self.parameters())
+        cache = _COPIES.setdefault(self, {})
+        hit = cache.get((dtype, device))
+        if hit is None or hit[0] != stamp:
+            m = copy.deepcopy(self).to(device=device, dtype=dtype).eval().requires_grad_(False)
+            cache[(dtype, device)] = hit = (stamp, m)
+        return hit[1]
+
+    def invalidate(self) -> None:
+        """Drop the cached copies of :meth:`cast` (call after assigning new weights)."""
+        _COPIES.pop(self, None)
+
+
+class GaussianEncoder(Encoder):
     """q(z|x) = N(mean(x), diag(std(x)^2)): an ELU MLP from x [B, D] to 2K numbers.
 
     ``layers`` hidden layers of ``hidden`` units, then a Linear to 2K: the mean and the log
@@ -91,26 +126,6 @@ class GaussianEncoder(nn.Module):
 
     def architecture(self) -> dict[str, Any]:
         return encoder_architecture(self.latent_dim, self.hidden, self.layers, self.data_dim)
-
-    def cast(self, dtype: torch.dtype, device: torch.device | str = "cpu") -> GaussianEncoder:
-        """An eval-mode, no-grad copy in ``dtype`` on ``device``, made once and reused.
-
-        The copy is made again when the weights have changed in place since (an optimizer
-        step bumps their version counters) or after :meth:`invalidate`.
-        """
-        device = torch.device(device)
-        stamp = tuple(p._version for p in self.parameters())
-        cache = _COPIES.setdefault(self, {})
-        hit = cache.get((dtype, device))
-        if hit is None or hit[0] != stamp:
-            m = copy.deepcopy(self).to(device=device, dtype=dtype).eval().requires_grad_(False)
-            cache[(dtype, device)] = hit = (stamp, m)
-        return hit[1]
-
-    def invalidate(self) -> None:
-        """Drop the cached copies of :meth:`cast` (call after assigning new weights)."""
-        _COPIES.pop(self, None)
-
 
 def seed_encoder(latent_dim: int, hidden: int = 256, layers: int = 2, data_dim: int = 784,
                  seed: int = 0) -> GaussianEncoder:
@@ -147,9 +162,10 @@ class EncoderProposal:
     generator state gives the same draws); ``log_prob(z)`` gives log q(z_bi|x_b) [B, n].
     """
 
-    def __init__(self, encoder: GaussianEncoder, x: torch.Tensor):
-        if not isinstance(encoder, GaussianEncoder):
-            raise InputError(f"encoder is a {type(encoder).__name__}; accepted: an lvm.GaussianEncoder")
+    def __init__(self, encoder: Encoder, x: torch.Tensor):
+        if not isinstance(encoder, Encoder):
+            raise InputError(f"encoder is a {type(encoder).__name__}; accepted: an lvm.encoder.Encoder "
+                             "(an lvm.GaussianEncoder, or a model's encode(x) as lvm.vae reads it)")
         x = torch.as_tensor(x)
         if x.dim() == 1:
             x = x[None]

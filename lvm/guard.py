@@ -9,20 +9,26 @@ model with the protocol of its own goes inside a :class:`GuardedModel`, whose
 one from :func:`lvm.sources.run_estimator`): what outside code does to its x never reaches
 the data the other cells use.
 
+A decoder gets its own copy of z, and an outside encoder (a module's ``encode``, :mod:`lvm.vae`)
+goes inside a :class:`GuardedEncoder`, which gives it its own copy of x.
+
 **Checked** on every call (:func:`check`): a decoder's output is [N, D] on z's device in z's
 dtype, a log_likelihood [B, N] and pixel_probs [B, N, D] on z's device in the dtype asked
 (under ``torch.autocast``: floating point); anything else is an InputError naming the model.
+(An encoder's mean and log std are checked where they are read, :class:`lvm.vae.VAEEncoder`.)
 The probe below makes the first such call when the model is loaded, in float64.
 
 **Fingerprint** (what keys the cached ground truth, :func:`lvm.reference.log_marginal`, and
 what meta.json records, so that ``compare`` sees a change): sha256 of
 
-1. the code: ``inspect.getsource`` of each class of the decoder's modules, or of the model's
-   class and its bases, that torch does not define (TorchScript: each module's ``.code``;
-   ``"<no source>"`` where there is none);
+1. the code: ``inspect.getsource`` of each class of the decoder's (and an outside encoder's)
+   modules, or of the model's class and its bases, that torch does not define (TorchScript:
+   each module's ``.code``; a torch.export program: its graph's ``.code``; ``"<no source>"``
+   where there is none);
 2. the plain attributes (numbers, strings, booleans) of those modules or of the model;
-3. a probe: the float64 output on 8 draws of a fixed seed (the decoder's output; the model's
-   draws, its log_likelihood of 4 seeded binary rows and its log_prior when it has one), each
+3. a probe: the float64 output on 8 draws of a fixed seed (the decoder's output, and an outside
+   encoder's mean and log std on 4 seeded binary rows; the model's draws, its log_likelihood of
+   4 seeded binary rows and its log_prior when it has one), each
    value written with 10 significant digits, so that a BLAS that sums in another order gives
    the same key while a changed computation does not. Lower precisions are not probed: their
    rounding differs between machines, and the ground truth is float64;
@@ -44,6 +50,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .encoder import Encoder, GaussianEncoder
 from .errors import InputError
 from .model import BernoulliLVM
 from .numerics import parse_dtype
@@ -80,7 +87,20 @@ class GuardedDecoder(nn.Module):
         self.register_buffer("guard_sha256", torch.zeros(32, dtype=torch.uint8))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return check(self.inner(z), (len(z), self.width), z, z.dtype, self.where, "the decoder")
+        out = self.inner(z.clone())  # its own z: changing it changes nothing of the draws
+        return check(out, (len(z), self.width), z, z.dtype, self.where, "the decoder")
+
+
+class GuardedEncoder(Encoder):
+    """An outside encoder (a module's ``encode``, :mod:`lvm.vae`) that gets its own copy of x."""
+
+    def __init__(self, inner: Encoder):
+        super().__init__()
+        self.inner = inner
+        self.latent_dim, self.data_dim = inner.latent_dim, inner.data_dim
+
+    def params(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.params(x.clone())
 
 
 def _guard_decoder(model: BernoulliLVM, where: str) -> BernoulliLVM:
@@ -91,14 +111,25 @@ def _guard_decoder(model: BernoulliLVM, where: str) -> BernoulliLVM:
         decoder: nn.Module = nn.Sequential(guarded, nn.Sigmoid())  # drops it
     else:
         guarded = decoder = GuardedDecoder(dec, where, model.data_dim)
-    out = BernoulliLVM(decoder, model.latent_dim, model.output, model.data_dim, encoder=model.encoder)
-    z = torch.randn(PROBE_DRAWS, model.latent_dim, generator=torch.Generator().manual_seed(PROBE_SEED),
-                    dtype=torch.float64)
+    encoder = model.encoder  # the suite's own GaussianEncoder: its weights are in the fingerprint
+    outside = encoder is not None and type(encoder) is not GaussianEncoder
+    if outside:
+        encoder = GuardedEncoder(encoder)
+    out = BernoulliLVM(decoder, model.latent_dim, model.output, model.data_dim, encoder=encoder)
+    g = torch.Generator().manual_seed(PROBE_SEED)
+    z = torch.randn(PROBE_DRAWS, model.latent_dim, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        probe = copy.deepcopy(decoder).to(torch.float64).eval()(z)
+        probe = [copy.deepcopy(decoder).to(torch.float64).eval()(z)]
+        if outside:  # its mean and log std on seeded binary rows: a wrong shape is refused here
+            x = (torch.rand(PROBE_ROWS, model.data_dim, generator=g) < 0.5).to(torch.float64)
+            q = out.proposal(x)
+            probe += [q.mean, q.log_std]
     h = hashlib.sha256()
     _code(h, guarded.inner.modules())
-    h.update(_numbers(probe).encode())
+    if outside:
+        _code(h, encoder.inner.modules())
+    for t in probe:
+        h.update(_numbers(t).encode())
     guarded.guard_sha256.copy_(torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8))
     return out
 
@@ -208,6 +239,9 @@ def _code(h, objects) -> None:
     for obj in objects:
         if isinstance(obj, torch.jit.ScriptModule):
             h.update(f"|script|{getattr(obj, 'original_name', '')}|{_script_code(obj)}".encode())
+            continue
+        if isinstance(obj, torch.fx.GraphModule):  # a torch.export program: its graph is its code
+            h.update(f"|graph|{obj.code}".encode())
             continue
         for cls in type(obj).__mro__:
             if cls in seen or cls is object or cls.__module__.split(".")[0] == "torch":

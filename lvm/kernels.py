@@ -9,7 +9,8 @@ log p(z) - log q(z|x) in the working dtype, and feeds a reduction of :mod:`lvm.r
 
 :func:`shared` is the one-pass form behind :func:`lvm.shared.evaluate`: one decoder pass
 per chunk feeds every estimator's reduction, in both likelihood parametrizations (probs is
-the logits network followed by a sigmoid), so each result is bit-identical to
+the logits network followed by a sigmoid; a probs decoder with no logits view, its sigmoid
+inside its own code, feeds its probs alone), so each result is bit-identical to
 :func:`log_space` or :func:`prob_space` alone with its default chunking. The per-pixel
 product streams smaller chunks to bound its [B, c, D] tensor, and a matrix product's
 rounding can depend on how many rows it is given, so it gets one pass of its own, shared by
@@ -23,6 +24,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from .draws import Drawn, Draws, Terms, proposal_terms
+from .errors import InputError
 from .likelihoods import bernoulli_log_likelihood
 from .protocol import check_log_likelihood
 from .reductions import Estimate, LogSum, ProbSum
@@ -101,14 +103,25 @@ def prob_space(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.de
     return out.result(n, seed)
 
 
+def _network(model):
+    """What the shared pass decodes: the model's logits view, or the model itself when it has
+    none (a probs decoder whose sigmoid is inside its own code: then "probs" is its only output)."""
+    try:
+        return model.with_output("logits")
+    except InputError:
+        return model
+
+
 def _log_chunks(model, x, n, seed, dt, dev, outputs, proposal) -> Iterator[dict[str, torch.Tensor]]:
     """Per chunk of draws, {output: log terms [B, c]} as :func:`log_space` computes them, one
     decoder pass serving every output (probs = sigmoid of the logits network)."""
-    net, xd = model.with_output("logits"), x.to(dtype=dt)
+    net, xd = _network(model), x.to(dtype=dt)
 
     def fn(xb, zb):
-        logits = net.decode(zb.to(dev), dt)
-        return {o: bernoulli_log_likelihood(xb, logits if o == "logits" else torch.sigmoid(logits), o)
+        out = net.decode(zb.to(dev), dt)
+        if net.output != "logits":  # probs alone: the only output the caller can have asked for
+            return {o: bernoulli_log_likelihood(xb, out, o) for o in outputs}
+        return {o: bernoulli_log_likelihood(xb, out if o == "logits" else torch.sigmoid(out), o)
                 for o in outputs}
 
     chunk = default_chunk(None, proposal, len(x), x.shape[1])
@@ -154,7 +167,7 @@ def shared(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device
     products = [name for name, spec in specs.items() if spec["space"] == "prob" and spec["form"] == "product"]
     if products:
         acc = ProbSum(B, dt, dev, "product", as_given=as_given)
-        net = model.with_output("logits")  # the network up to its output
+        net = _network(model)  # the network up to its output
         for p in weighted_terms(net, x, n, dt=dt, dev=dev, seed=seed, chunk=product_chunk(B, x.shape[1]),
                                 form="product", proposal=proposal):
             acc.add(p)

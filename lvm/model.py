@@ -19,7 +19,7 @@ from torch import nn
 from torch.distributions.utils import clamp_probs
 
 from .axes import PARAMETRIZATIONS
-from .encoder import EncoderProposal, GaussianEncoder, build_encoder
+from .encoder import Encoder, EncoderProposal, build_encoder
 from .errors import InputError, check_int
 from .likelihoods import bernoulli_log_likelihood, std_normal_log_prob
 from .numerics import parse_dtype
@@ -69,13 +69,14 @@ class BernoulliLVM:
     float16 p saturates at 1.0 for logits above ~7.6 and the clamp caps each
     pixel's log-odds at ~6.9: a failure mode the suite measures.
 
-    ``encoder``: an optional :class:`~lvm.encoder.GaussianEncoder` q(z|x) trained with the
-    decoder (the zoo's vae-k{K} and iwae-k{K}); :meth:`proposal` turns it into a proposal for
-    the estimators. Every view :meth:`with_output` makes shares it (the same object).
+    ``encoder``: an optional :class:`~lvm.encoder.Encoder` q(z|x): a
+    :class:`~lvm.encoder.GaussianEncoder` trained with the decoder (the zoo's vae-k{K} and
+    iwae-k{K}), or a user's ``encode(x)`` (:mod:`lvm.vae`); :meth:`proposal` turns it into a
+    proposal for the estimators. Every view :meth:`with_output` makes shares it (the same object).
     """
 
     def __init__(self, decoder: nn.Module, latent_dim: int, output: str = "logits",
-                 data_dim: int = 784, *, encoder: GaussianEncoder | None = None):
+                 data_dim: int = 784, *, encoder: Encoder | None = None):
         if output not in PARAMETRIZATIONS:
             raise InputError(f"output={output!r} is not supported; accepted: {', '.join(PARAMETRIZATIONS)}")
         if not isinstance(decoder, nn.Module):
@@ -83,12 +84,12 @@ class BernoulliLVM:
                              "accepted: a torch.nn.Module mapping [N, latent_dim] to [N, data_dim]")
         latent_dim = check_int("latent_dim", latent_dim, minimum=1)
         data_dim = check_int("data_dim", data_dim, minimum=1)
-        if encoder is not None and not (isinstance(encoder, GaussianEncoder)
+        if encoder is not None and not (isinstance(encoder, Encoder)
                                         and (encoder.latent_dim, encoder.data_dim) == (latent_dim, data_dim)):
-            got = (f"a GaussianEncoder with latent_dim={encoder.latent_dim}, data_dim={encoder.data_dim}"
-                   if isinstance(encoder, GaussianEncoder) else f"a {type(encoder).__name__}")
-            raise InputError(f"encoder is {got}; accepted: None or an lvm.GaussianEncoder with "
-                             f"latent_dim={latent_dim} and data_dim={data_dim}")
+            got = (f"a {type(encoder).__name__} with latent_dim={encoder.latent_dim}, data_dim="
+                   f"{encoder.data_dim}" if isinstance(encoder, Encoder) else f"a {type(encoder).__name__}")
+            raise InputError(f"encoder is {got}; accepted: None or an lvm.encoder.Encoder (such as an "
+                             f"lvm.GaussianEncoder) with latent_dim={latent_dim} and data_dim={data_dim}")
         self.decoder = decoder
         self.encoder = encoder
         self.latent_dim = latent_dim
@@ -133,16 +134,19 @@ class BernoulliLVM:
         if self.encoder is None:
             raise InputError("this BernoulliLVM has no encoder (encoder=None), so it has no proposal "
                              "q(z|x); accepted: a model built with encoder=lvm.GaussianEncoder(...), such "
-                             "as the zoo's vae-k{K} and iwae-k{K}, or the prior proposal")
+                             "as the zoo's vae-k{K} and iwae-k{K}, a module with encode(x) (lvm.vae), or "
+                             "the prior proposal")
         return EncoderProposal(self.encoder, check_data(x, self.data_dim))
 
     def with_output(self, output: str) -> BernoulliLVM:
         """The same network with the other likelihood parametrization.
 
         logits -> probs appends a Sigmoid (the textbook's decoder); probs ->
-        logits drops a final Sigmoid. The weights are shared, not copied, and each
-        view is made once: a model and its views return one another, so their
-        dtype copies are cast once.
+        logits drops a final Sigmoid; a probs decoder without one to drop (a sigmoid inside
+        the user's ``decode``) has no logits view: an InputError that says why, which the
+        sweep records as the reason of an exclusion. The weights are shared, not copied, and
+        each view is made once: a model and its views return one another, so their dtype
+        copies are cast once.
         """
         if output in self._views:
             return self._views[output]
@@ -154,8 +158,11 @@ class BernoulliLVM:
         else:
             layers = list(self.decoder.children()) if isinstance(self.decoder, nn.Sequential) else []
             if not layers or not isinstance(layers[-1], nn.Sigmoid):
-                raise InputError("output='logits' needs a probs decoder that ends in nn.Sigmoid; this "
-                                 f"decoder ends in {type(layers[-1]).__name__ if layers else 'unknown'}")
+                last = (f"an nn.Sequential ending in {type(layers[-1]).__name__}" if layers
+                        else "its sigmoid, if any, is inside its own forward or decode")
+                raise InputError(f"output='logits' cannot be derived from this probs decoder ({last}): "
+                                 "only a final nn.Sigmoid of an nn.Sequential can be dropped; accepted: "
+                                 "output='probs', the parametrization it declares")
             view = BernoulliLVM(nn.Sequential(*layers[:-1]), self.latent_dim, "logits", self.data_dim,
                                 encoder=self.encoder)
         self._views[output] = view

@@ -8,11 +8,15 @@ A **model spec** is one of
       :class:`lvm.model.LatentVariableModel` (``latent_dim``, ``sample_prior``,
       ``log_likelihood``), or a decoder ``nn.Module`` that carries ``latent_dim`` and
       ``output`` (``"logits"`` or ``"probs"``) as attributes, or a dict
-      ``{"decoder": module, "latent_dim": K, "output": "logits" | "probs"}``;
+      ``{"decoder": module, "latent_dim": K, "output": "logits" | "probs"}``, or a module in
+      the shape of VAE code, ``decode(z)`` and ``encode(x)`` with ``latent_dim`` and
+      ``output`` (:mod:`lvm.vae`: its ``encode`` is then the encoder proposal);
   ``path/to/decoder.pt``
-      a file: a TorchScript decoder (``torch.jit.save``) or a state dict of the suite's
-      ELU decoder, with ``path/to/decoder.json`` beside it. For TorchScript the JSON gives
-      ``latent_dim`` and ``output`` (unless the module carries them); for a state dict it
+      a file: a TorchScript decoder (``torch.jit.save``), a ``torch.export`` program
+      (``torch.export.save``, ``.pt2``, exported with a dynamic batch dimension) or a state
+      dict of the suite's ELU decoder, with ``path/to/decoder.json`` beside it. For TorchScript
+      and ``.pt2`` the JSON gives ``latent_dim`` and ``output`` (unless the module carries
+      them; ``likelihood``, ``"bernoulli"``, may be given too); for a state dict it
       is the architecture: ``latent_dim``, ``hidden``, ``layers``, ``output``, ``data_dim``
       and optionally ``activation`` (``"ELU"``, the only one built), in the format of the zoo's
       checkpoint metadata (under ``"architecture"``) or at the top level; a key it does not
@@ -52,12 +56,14 @@ from torch import nn
 
 from .errors import InputError
 from .model_files import decoder_model, from_file
+from .vae import is_vae, vae_model
 
 IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")
 ENTRY_POINTS = "lvm_bench.estimators"
 MODEL_FORMS = ("a zoo name such as prior-iwae-k2", "package.module:factory",
-               "a TorchScript or state-dict file (.pt) with its .json", "label=<one of these>")
+               "a TorchScript or state-dict file (.pt) or a torch.export program (.pt2) with its .json",
+               "label=<one of these>")
 DATA_FORMS = ("mnist-5k", "mnist", "a .npy/.npz or IDX file of 0/1 values", "package.module:factory")
 
 
@@ -155,7 +161,7 @@ def _parse_source(spec: str, label: str, source: str) -> ModelSpec:
     if IMPORT_PATH.match(source):
         return ModelSpec(label or source, source, "import")
     path = Path(source)
-    if path.suffix in (".pt", ".pth", ".ts", ".zip") or os.sep in source or path.exists():
+    if path.suffix in (".pt", ".pth", ".ts", ".zip", ".pt2") or os.sep in source or path.exists():
         if not path.is_file():
             raise InputError(f"model spec {spec!r}: {source} is no such file; {_accepted(MODEL_FORMS)}")
         label = label or path.stem
@@ -195,13 +201,17 @@ def _from_factory(made: Any, spec: str):
             lacks = ", ".join(missing) or "an nn.Module decoder"
             raise InputError(f"{where}: the factory's dict lacks {lacks}; accepted: {{'decoder': nn.Module, "
                              "'latent_dim': K, 'output': 'logits' | 'probs'}")
-        return decoder_model(made["decoder"], made["latent_dim"], made["output"], where)
+        return decoder_model(made["decoder"], made["latent_dim"], made["output"], where,
+                             likelihood=made.get("likelihood", "bernoulli"))
+    if is_vae(made) and not hasattr(made, "log_likelihood"):  # decode(z), encode(x): VAE code's shape
+        return vae_model(made, where)
     if isinstance(made, nn.Module) and not hasattr(made, "log_likelihood"):
         if not hasattr(made, "latent_dim") or not hasattr(made, "output"):
             raise InputError(f"{where}: the factory returned an nn.Module without latent_dim and output "
                              "attributes; accepted: set them on the module, or return {'decoder': module, "
                              "'latent_dim': K, 'output': 'logits' | 'probs'}")
-        return decoder_model(made, made.latent_dim, made.output, where)
+        return decoder_model(made, made.latent_dim, made.output, where,
+                             likelihood=getattr(made, "likelihood", "bernoulli"))
     return made  # a model with the protocol: check_model says what it lacks
 
 

@@ -162,11 +162,13 @@ class Context:
         out = {}
         params = self.config.grid["parametrization"]
         for name in self.config.models:
-            base = self.model(name, params[0])
+            base = self._base(name)  # as given: a probs decoder with the sigmoid inside has no logits
             if "encoder" in self.config.grid["proposal"] and not has_encoder(base):
                 out[(name, "encoder")] = (f"model {name!r} has no encoder (proposal(x)): measured with the "
                                           "prior proposal only")
-            for p in params[1:]:
+            elif "encoder" in self.config.grid["proposal"]:
+                base.proposal(self.x)  # an outside encode(x) that fails on the data: before writing
+            for p in params if hasattr(base, "with_output") else params[1:]:
                 if not hasattr(base, "with_output"):
                     out[(name, p)] = (f"model {name!r} has its own log_likelihood only (no with_output): "
                                       f"measured under parametrization {params[0]!r}")
