@@ -21,13 +21,13 @@ from typing import Any
 from bench.run import limits
 from lvm import sources, zoo
 from lvm.axes import (
+    AUTOCAST_DTYPES,
     AXES,
     AXIS_DEFAULTS,
-    DEVICES,
     DTYPES,
     ESTIMATORS,
+    LEVELS,
     OUTSIDE,
-    PARAMETRIZATIONS,
     PRECISIONS,
     PROPOSALS,
 )
@@ -184,7 +184,7 @@ class Config:
 
     def _exclusion(self, cell: Cell) -> str | None:
         """Why the grid's rules leave ``cell`` out, or None."""
-        if cell.precision == "autocast" and cell.dtype in ("float32", "float64"):
+        if cell.precision == "autocast" and DTYPES[cell.dtype] not in AUTOCAST_DTYPES:
             return "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
         if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
             return "float32 accumulation only differs from log_space below float32"
@@ -327,9 +327,7 @@ def _check_axes(data: dict, source: str) -> None:
     from lvm.data import DATASETS
 
     grid, run = data["grid"], data["run"]
-    accepted = {"dtype": DTYPES, "parametrization": PARAMETRIZATIONS, "device": DEVICES,
-                "precision": PRECISIONS, "proposal": PROPOSALS}
-    for axis, options in accepted.items():
+    for axis, options in LEVELS.items():  # the closed axes: lvm.axes is the one list of their levels
         for v in grid[axis]:
             if v not in options:
                 raise ConfigError(f"{source}: grid.{axis} value {v!r} is unknown{_suggest(str(v), options)}; "
