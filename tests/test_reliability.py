@@ -21,6 +21,8 @@ from tiny import tiny_toml
 
 import bench.run.store
 
+pytestmark = pytest.mark.slow  # every test here runs sweeps in subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = tiny_toml(grid={"dtype": ["float32"], "estimator": ["log_space"], "device": ["cpu"]})
 SLOW = tiny_toml(run={"time_budget": 1.0}, grid={"dtype": ["float32"], "estimator": ["log_space"],

@@ -182,6 +182,7 @@ def test_resume_with_another_config_is_refused(reference_run, tmp_path, capsys, 
     (["--dataset", "mnist"], "MNIST test split: missing"),
     (["--executor", "dask", "--scheduler", "tcp://127.0.0.1:9"], "cannot connect"),
 ])
+@pytest.mark.slow
 def test_bad_input_found_late_writes_nothing(args, message, tmp_path, capsys, tiny, cache_dir, monkeypatch):
     monkeypatch.setenv("LVM_DATA_DIR", str(tmp_path / "no-mnist-here"))
     if "--scheduler" in args and importlib.util.find_spec("distributed") is None:
@@ -225,6 +226,7 @@ def test_force_over_a_finished_run_measures_every_cell_again(reference_run, tmp_
                        _numbers(old[old.n_samples == 1]).reset_index(drop=True), check_dtype=False)
 
 
+@pytest.mark.slow
 def test_an_empty_parts_directory_is_no_run(tmp_path, capsys, tiny, cache_dir):
     """An interrupt after parts/ was made and before meta.json: the directory holds nothing."""
     out = tmp_path / "dead"
