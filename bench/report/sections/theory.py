@@ -350,7 +350,7 @@ def display_delta(t: pd.DataFrame) -> pd.DataFrame:
 SECTION = Section(
     STEM, TITLE, figure, heading="Theory against measurement",
     intro="Each prediction is set beside what the run measured; how each is made and what it assumes is in "
-          "bench/theory.py. Machine-readable, at every N: tables/theory_*.csv.",
+          "bench/report/sections/theory.py. Machine-readable, at every N: tables/theory_*.csv.",
     compares=None,
     tables=(Table("theory_underflow", underflow, display_underflow,
                   "Underflow of probability space: predicted and measured (each model's largest N)"),
