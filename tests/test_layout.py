@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT / "docs" / "design.md"
 PACKAGES = ("lvm", "bench")
 # Layers, lowest first: a module never imports one of a higher layer.
-LAYERS = (("lvm",), ("bench.run",), ("bench.report",), ("bench.compare", "bench.diagnose", "bench.trust"), ("bench.cli",))
+LAYERS = (("lvm",), ("bench.run",), ("bench.report",), ("bench.compare", "bench.diagnose", "bench.trust"),
+          ("bench.cli",))
 NEVER = ("benchmarks", "tests", "conftest", "tiny")  # top-level names of the suite's own test code
 
 
