@@ -286,7 +286,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"lvm-bench {args.command}: interrupted", file=sys.stderr)
         return 130
     except InputError as e:
-        print(f"lvm-bench {args.command}: error: {e}", file=sys.stderr)
+        lines = (line.strip() for line in str(e).splitlines())  # one line, whatever the cause's text
+        print(f"lvm-bench {args.command}: error: {' '.join(line for line in lines if line)}", file=sys.stderr)
         return 2
     except SystemExit as e:  # argparse exits above, in parse_args: this one is code a verb called
         print(f"lvm-bench {args.command}: error: {_user_exit(e)}: code the verb called (a model factory, "

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from ._io import atomic_write
-from .errors import InputError
+from .errors import InputError, one_line
 from .model import BernoulliLVM, build
 
 
@@ -95,11 +95,16 @@ def load_checkpoint(path: str | os.PathLike[str], arch: dict[str, Any], *,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError, RuntimeError (bad zip), EOFError, ...
-        raise InputError(f"{path}: not a loadable weights-only state dict ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a loadable weights-only state dict ({one_line(e)})") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InputError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
-    model = build(arch, encoder_arch=encoder_arch)
-    want = {k: tuple(v.shape) for k, v in _state(model).items()}
+    try:  # shapes first, on the meta device: a sidecar's "hidden": 10**9 allocates nothing
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in _state(build(arch, encoder_arch=encoder_arch)).items()}
+    except (TypeError, ValueError, RuntimeError) as e:
+        desc = ", ".join(f"{k}={v!r}" for k, v in arch.items())
+        raise InputError(f"{path}: cannot build the architecture ({desc}): {one_line(e)}; accepted: "
+                         "positive integers latent_dim, hidden, layers, data_dim") from e
     have = {k: tuple(v.shape) for k, v in state.items()}
     problems = []
     for field, requested, what in (("architecture", arch, ""), ("encoder_architecture", encoder_arch,
@@ -123,6 +128,7 @@ def load_checkpoint(path: str | os.PathLike[str], arch: dict[str, Any], *,
         raise InputError(f"{path}: checkpoint does not match the requested architecture ({desc}): "
                          + "; ".join(problems))
     state = {k: v.to(torch.float32) for k, v in state.items()}
+    model = build(arch, encoder_arch=encoder_arch)  # the shapes match the file's: sized by it
     if model.encoder is None:
         model.decoder.load_state_dict(state)
     else:
@@ -141,3 +147,4 @@ def _state(model: BernoulliLVM) -> dict[str, torch.Tensor]:
     if model.encoder is None:
         return model.decoder.state_dict()
     return {f"{p}.{k}": v for p in ("decoder", "encoder") for k, v in getattr(model, p).state_dict().items()}
+

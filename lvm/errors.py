@@ -26,3 +26,10 @@ def check_int(argument: str, value: object, *, minimum: int = 0, none: bool = Fa
         what = {0: "a non-negative integer", 1: "a positive integer"}.get(minimum, f"an integer >= {minimum}")
         raise InputError(f"{argument}={value!r} is invalid; accepted: {'None or ' if none else ''}{what}")
     return int(value)
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one line for a message: its type and its message's first line (TorchScript
+    and pickle errors run to many lines)."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0].strip()}" if lines else type(e).__name__

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, check_int, one_line
+from .protocol import check_latent_dim
 
 # What a decoder file's .json may hold: for TorchScript, and for a state dict the architecture
 # (at the top level, or under "architecture" in the zoo's checkpoint metadata, whose keys follow).
@@ -52,8 +53,7 @@ def decoder_model(decoder: nn.Module, latent_dim: Any, output: Any, where: str, 
     check_likelihood(likelihood, where)
     if output not in PARAMETRIZATIONS:
         raise InputError(f"{where}: output={output!r}; accepted: {', '.join(PARAMETRIZATIONS)}")
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        raise InputError(f"{where}: latent_dim={latent_dim!r}; accepted: a positive integer")
+    check_latent_dim(latent_dim, where)
     p = next(decoder.parameters(), None)
     try:
         with torch.no_grad():
@@ -124,6 +124,10 @@ def from_file(path: Path):
                          f"{', '.join(need)}, data_dim")
     from .model import architecture
 
+    check_latent_dim(arch["latent_dim"], str(path.with_suffix(".json")))
+    for key in ("hidden", "layers", "data_dim"):
+        if key in arch:
+            check_int(f"{path.with_suffix('.json')}: {key}", arch[key], minimum=1)
     try:
         full = architecture(arch["latent_dim"], arch["hidden"], arch["layers"], arch["output"],
                             arch.get("data_dim", 784))
@@ -163,7 +167,7 @@ def _load_program(path: Path, kind: str) -> nn.Module:
             return torch.jit.load(str(path), map_location="cpu")
         return ExportedDecoder(torch.export.load(str(path)).module())
     except Exception as e:  # noqa: BLE001 - a damaged archive
-        raise InputError(f"{path}: not a loadable {kind} module ({type(e).__name__}: {e})") from e
+        raise InputError(f"{path}: not a loadable {kind} module ({one_line(e)})") from e
 
 
 class ExportedDecoder(nn.Module):
@@ -187,8 +191,7 @@ class ExportedDecoder(nn.Module):
 def _check_batch(module: nn.Module, latent_dim: Any, path: Path) -> None:
     """An exported program runs on the batch sizes it was exported for only: the suite decodes
     chunks of any size, so the batch dimension must be dynamic."""
-    if isinstance(latent_dim, bool) or not isinstance(latent_dim, int) or latent_dim < 1:
-        return  # decoder_model names it
+    check_latent_dim(latent_dim, str(path))
     p = next(module.parameters(), None)
     for n in (1, 3):
         try:
@@ -196,6 +199,6 @@ def _check_batch(module: nn.Module, latent_dim: Any, path: Path) -> None:
                 module(torch.zeros(n, latent_dim, dtype=p.dtype if p is not None else torch.float32))
         except Exception as e:  # noqa: BLE001 - the program's guards refuse the shape: bad input
             raise InputError(f"{path}: the exported program fails on [{n}, {latent_dim}] draws "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); accepted: "
+                             f"({one_line(e)}); accepted: "
                              "a decoder exported with a dynamic batch dimension, torch.export.export("
                              "decoder, (z,), dynamic_shapes=({0: torch.export.Dim('N')},))") from e

@@ -41,17 +41,30 @@ class LatentVariableModel(Protocol):
 
 
 PROTOCOL = ("latent_dim", "sample_prior", "log_likelihood")  # what LatentVariableModel asks for
+MAX_LATENT_DIM = 4096  # K above this is refused: one float64 prior draw alone would be over 32 KiB
 
 
-def check_model(model: object) -> LatentVariableModel:
-    """``model`` if it has the :class:`LatentVariableModel` attributes; InputError naming what it lacks."""
+def check_model(model: object, where: str | None = None) -> LatentVariableModel:
+    """``model`` if it has the :class:`LatentVariableModel` attributes and a latent_dim from 1 to
+    MAX_LATENT_DIM; InputError naming it (``where``, e.g. "model 'pkg:make'") and what it lacks."""
+    accepted = ("accepted: a model with latent_dim, sample_prior(n, generator) and log_likelihood(x, z, "
+                "dtype) (the lvm.LatentVariableModel protocol)")
+    if model is None and where is not None:
+        raise InputError(f"{where}: the factory returned None; {accepted}")
     lacks = [a for a in PROTOCOL
              if not hasattr(model, a) or a != "latent_dim" and not callable(getattr(model, a))]
     if lacks:
-        raise InputError(f"model={reprlib.repr(model)} (a {type(model).__name__}) lacks {', '.join(lacks)}; "
-                         "accepted: a model with latent_dim, sample_prior(n, generator) and "
-                         "log_likelihood(x, z, dtype) (the lvm.LatentVariableModel protocol)")
+        named = where or f"model={reprlib.repr(model)}"
+        raise InputError(f"{named} (a {type(model).__name__}) lacks {', '.join(lacks)}; {accepted}")
+    check_latent_dim(model.latent_dim, where or f"model={reprlib.repr(model)}")
     return model  # type: ignore[return-value]
+
+
+def check_latent_dim(value: object, where: str) -> int:
+    """``value`` if it is an integer latent_dim from 1 to MAX_LATENT_DIM; an InputError naming ``where``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LATENT_DIM:
+        raise InputError(f"{where}: latent_dim={value!r}; accepted: an integer from 1 to {MAX_LATENT_DIM}")
+    return value
 
 
 def check_log_likelihood(model: object, ll: object, B: int, N: int) -> torch.Tensor:

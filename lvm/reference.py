@@ -143,6 +143,28 @@ def _probe(model, x: torch.Tensor) -> None:
                          "(NaN weights?); accepted: a model whose log-likelihood is a number or -inf")
 
 
+class _Checked:
+    """The model as the truth's fit and sums see it: a log-likelihood that is NaN or +inf for any
+    (x, z) pair is an InputError naming the model, where it would otherwise surface as a
+    LinAlgError in the Laplace fit or an IndexError in the quadrature (or a truth of NaN)."""
+
+    def __init__(self, model):
+        self.model, self.latent_dim = model, model.latent_dim
+        self.where = getattr(model, "where", None) or f"model (a {type(model).__name__})"
+
+    def sample_prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        return self.model.sample_prior(n, generator)
+
+    def log_likelihood(self, x: torch.Tensor, z: torch.Tensor, dtype) -> torch.Tensor:
+        ll = self.model.log_likelihood(x, z, dtype)
+        for what, bad in (("NaN", torch.isnan(ll)), ("+inf", torch.isposinf(ll))):
+            if bool(bad.any()):
+                raise InputError(f"{self.where}: log_likelihood(x, z, float64) is {what} for "
+                                 f"{int(bad.sum())} of {bad.numel()} (datapoint, draw) pairs of the ground "
+                                 "truth's draws; accepted: a log-likelihood that is a finite number or -inf")
+        return ll
+
+
 def _cache_path(cache_dir, key: str) -> Path:
     return cache_root(cache_dir) / "reference" / f"{key}.pt"
 
@@ -179,9 +201,9 @@ def log_marginal(model, x: torch.Tensor, method: str = "auto", *, n_samples: int
         if cached is not None:
             return Reference(method, cached["log_px"], cached["se"], dict(cached["meta"], cached=True))
     if method == "quadrature":
-        lp, se, meta = quadrature(model, x, tol)
+        lp, se, meta = quadrature(_Checked(model), x, tol)
     else:
-        lp, se, meta = _importance(model, x, n_samples, seed, target_se)
+        lp, se, meta = _importance(_Checked(model), x, n_samples, seed, target_se)
     ref = Reference(method, lp.detach(), se.detach(), meta)
     if key is not None:
         _save(path, {"log_px": ref.log_px, "se": ref.se, "meta": meta})

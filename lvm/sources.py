@@ -188,7 +188,7 @@ def load_model(spec: str | ModelSpec, *, cache_dir=None, progress: bool = False)
         model = _from_factory(made, ms.source)
     else:
         model = from_file(Path(ms.source))
-    check_model(model)
+    check_model(model, f"model {ms.source!r}")
     _check_weights(model, ms.source)
     return guard(model, f"model {ms.source!r}")
 

@@ -133,3 +133,70 @@ def as_int(model, x, n_samples, *, dtype, device="cpu", seed=0):
 def int_estimate(model, x, n_samples, *, dtype, device="cpu", seed=0):
     est = lvm.log_space(model, x, n_samples, dtype=dtype, device=device, seed=seed)
     return dataclasses.replace(est, log_px=est.log_px.round().to(torch.int64))
+
+
+# ----------------------------------------------------------------------------- item 12: tracebacks
+
+
+class SomeZ(Protocol):
+    """log p(x|z) replaced by ``value`` wherever the draw's first coordinate is above 1."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def log_likelihood(self, x, z, dtype):
+        out = super().log_likelihood(x, z, dtype)
+        return torch.where(z[:, 0].to(out.device) > 1, torch.full_like(out, self.value), out)
+
+
+def nan_some():
+    return SomeZ(float("nan"))
+
+
+def inf_some():
+    return SomeZ(float("inf"))
+
+
+def _with_dim(value):
+    model = Protocol()
+    model.latent_dim = value
+    return model
+
+
+def dim_zero():
+    return _with_dim(0)
+
+
+def dim_negative():
+    return _with_dim(-1)
+
+
+def dim_string():
+    return _with_dim("2")
+
+
+def dim_huge():
+    return _with_dim(10**6)
+
+
+class Meta(Protocol):
+    def log_likelihood(self, x, z, dtype):
+        return super().log_likelihood(x, z, dtype).to("meta")
+
+
+def on_meta():
+    return Meta()
+
+
+class Int64(Protocol):
+    def log_likelihood(self, x, z, dtype):
+        return super().log_likelihood(x, z, dtype).round().to(torch.int64)
+
+
+def as_int64():
+    return Int64()
+
+
+def returns_none():
+    return None
