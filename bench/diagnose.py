@@ -229,7 +229,7 @@ def diagnose(model_spec: str, *, data: str = "mnist-5k", n_data: int = 32, dtype
     ``proposals=None``: the prior and, when the model has an encoder, the encoder."""
     dtypes, specs, precisions, ns = plan(dtypes, estimators, precisions, n_samples)
     n_data = check_int("--n-data", n_data, minimum=1)
-    dataset = sources.load_dataset(data, "test", cache_dir=cache_dir)
+    dataset = sources.load_dataset(data, "test", cache_dir=cache_dir, rows=n_data)
     if n_data > len(dataset):
         raise InputError(f"--n-data {n_data} exceeds the {len(dataset)} digits of {data}")
     x = dataset.x[:n_data]

@@ -39,6 +39,7 @@ Every failure is an InputError that names the spec and says what is accepted.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import math
 import os
@@ -227,18 +228,24 @@ def _check_weights(model, spec: str) -> None:
 # ----------------------------------------------------------------------------- data
 
 
-def load_dataset(spec: str, split: str = "test", *, cache_dir=None):
-    """The data set a spec names: a built-in one (static binarization, seed 0) or an outside one."""
+def load_dataset(spec: str, split: str = "test", *, cache_dir=None, rows: int | None = None):
+    """The data set a spec names: a built-in one (static binarization, seed 0) or an outside one
+    (only its first ``rows`` rows kept in memory, :func:`load_data`)."""
     from .data import DATASETS, load
 
     if spec in DATASETS and spec != "synthetic":
         return load(spec, split, seed=0, cache_dir=cache_dir)
-    return load_data(spec, split)
+    return load_data(spec, split, rows=rows)
 
 
-def load_data(spec: str, split: str = "test"):
-    """An outside data set as a :class:`lvm.data.Dataset`: [n, D] float32 0/1 with its identity."""
-    from .data import SPLITS, Dataset, _sha256, read_idx
+def load_data(spec: str, split: str = "test", *, rows: int | None = None):
+    """An outside data set as a :class:`lvm.data.Dataset`: [n, D] float32 0/1 with its identity.
+
+    Only the first ``rows`` rows (all when None) are read, checked and hashed, a block at a time:
+    the identity's sha256 is theirs, its ``n`` the file's row count. An ``.npy`` file is
+    memory-mapped, so a large file of which a run uses a few rows costs a few rows of memory; an
+    ``.npz`` or IDX file is read whole."""
+    from .data import SPLITS, Dataset, read_idx
 
     if not isinstance(spec, str) or not spec:
         raise InputError(f"data spec {spec!r} is invalid; {_accepted(DATA_FORMS)}")
@@ -257,26 +264,35 @@ def load_data(spec: str, split: str = "test"):
         raise InputError(f"data spec {spec!r} is neither a file nor an import path; {_accepted(DATA_FORMS)}")
     if isinstance(arr, torch.Tensor):
         arr = arr.detach().cpu().numpy()
-    arr = np.asarray(arr)
+    if not isinstance(arr, np.ndarray):  # a memmap is an ndarray, and stays one
+        arr = np.asarray(arr)
     if arr.ndim == 3:  # IDX images [n, rows, cols]
         arr = arr.reshape(len(arr), -1)
     if arr.ndim != 2 or 0 in arr.shape:
         raise InputError(f"data {spec!r} has shape {list(arr.shape)}; accepted: [n, D] with n, D >= 1")
     if not np.issubdtype(arr.dtype, np.number) and arr.dtype != bool:
         raise InputError(f"data {spec!r} holds {arr.dtype}; accepted: numbers 0 and 1")
-    if not np.isin(arr, (0, 1)).all():
-        bad = arr[~np.isin(arr, (0, 1))][:3].tolist()
-        raise InputError(f"data {spec!r} is not binary (values such as {bad}); accepted: 0 and 1 only")
-    bits = np.ascontiguousarray(arr.astype(np.uint8))
-    identity = {"name": spec, "split": split, "source": source, "n": len(bits), "dim": bits.shape[1],
-                "sha256": _sha256(bits),
+    n, used = len(arr), arr[:rows]  # a memmap's slice reads nothing yet
+    digest = hashlib.sha256()
+    for start in range(0, len(used), _BLOCK_ROWS):  # bounded memory: a block of rows at a time
+        block = np.asarray(used[start:start + _BLOCK_ROWS])
+        if not np.isin(block, (0, 1)).all():
+            bad = block[~np.isin(block, (0, 1))][:3].tolist()
+            raise InputError(f"data {spec!r} is not binary (values such as {bad}); accepted: 0 and 1 only")
+        digest.update(np.ascontiguousarray(block.astype(np.uint8)).tobytes())
+    bits = np.ascontiguousarray(np.asarray(used).astype(np.uint8))
+    identity = {"name": spec, "split": split, "source": source, "n": n, "dim": arr.shape[1],
+                "sha256": digest.hexdigest(),
                 "binarize": "given", "seed": None, "source_sha256": None}
     return Dataset(torch.from_numpy(bits).to(torch.float32), None, identity)
 
 
+_BLOCK_ROWS = 8192  # rows checked and hashed at a time: the same digest as all of them at once
+
+
 def _read_numpy(path: Path, split: str) -> np.ndarray:
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False, mmap_mode="r")  # .npy: mapped; .npz: per array
     except (OSError, ValueError, zipfile.BadZipFile) as e:
         raise InputError(f"{path}: not a readable .npy/.npz file without pickles ({e})") from e
     if isinstance(loaded, np.ndarray):

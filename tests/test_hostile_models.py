@@ -140,3 +140,49 @@ def test_diagnose_refuses_them_too(name, data, tmp_path, capsys):
                  "--n-samples", "10", "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and name in err, err
+
+
+PEAK = """
+import resource, sys
+from lvm import sources
+ds = sources.load_data(sys.argv[1], "test", rows=None if sys.argv[2] == "all" else int(sys.argv[2]))
+print(ds.x.shape[0], ds.identity["n"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def _peak_mb(path: Path, rows: str) -> tuple[int, int, int]:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", PEAK, str(path), rows], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return tuple(int(v) for v in out)  # type: ignore[return-value]
+
+
+def test_a_large_npy_is_read_for_the_rows_used(tmp_path):
+    """A 10^6-row .npy of which 4 rows were used peaked at 10.3 GB. Now the file is memory-mapped
+    and only the rows used are read. Here 200,000 rows of 784 float64 (1.25 GB on disk): the peak
+    of a process that keeps 4 rows is measured beside one that reads them all (as before)."""
+    path = tmp_path / "big.npy"
+    big = np.lib.format.open_memmap(path, mode="w+", dtype=np.float64, shape=(200_000, 784))
+    big[:4, :5] = 1
+    big.flush()
+    del big
+    kept, n, four = _peak_mb(path, "4")
+    assert (kept, n) == (4, 200_000)
+    _, _, whole = _peak_mb(path, "all")  # the file's 1,254 MB mapped, and 627 MB of float32 x
+    assert whole - four > 1000, (four, whole)
+
+
+def test_the_identity_of_outside_data_is_that_of_the_rows_used(tmp_path):
+    import hashlib
+
+    from lvm import sources
+
+    bits = (np.random.default_rng(1).random((20_000, 10)) < 0.5).astype(np.uint8)
+    np.save(tmp_path / "d.npy", bits)
+    ds = sources.load_data(str(tmp_path / "d.npy"), "test", rows=3)
+    assert ds.identity["sha256"] == hashlib.sha256(bits[:3].tobytes()).hexdigest()
+    assert ds.identity["n"] == 20_000 and torch.equal(ds.x, torch.from_numpy(bits[:3]).float())
+    whole = sources.load_data(str(tmp_path / "d.npy"), "test")  # blocks of 8,192: the same digest
+    assert whole.identity["sha256"] == hashlib.sha256(bits.tobytes()).hexdigest()

@@ -101,7 +101,8 @@ class Context:
         self.cache_dir = cache_dir
         self.progress = progress  # a training bar when a trained model is first built
         run = config.run
-        self.dataset = sources.load_dataset(run["dataset"], run["split"], cache_dir=cache_dir)
+        self.dataset = sources.load_dataset(run["dataset"], run["split"], cache_dir=cache_dir,
+                                            rows=run["n_data"])
         if run["n_data"] > len(self.dataset.x):
             raise RunError(f"run.n_data = {run['n_data']} exceeds the {len(self.dataset.x)} digits "
                            f"of {run['dataset']}/{run['split']}")
