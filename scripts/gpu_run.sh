@@ -22,22 +22,21 @@ fi
 if [ "$DRY" = 1 ]; then DEV=cpu; else DEV=cuda; fi
 GPU_NAME="$("$PY" -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu-dry-run")' | tr -c 'A-Za-z0-9\n' '-' | sed 's/-\+/-/g; s/-$//')"
 RESULTS="${RESULTS:-results}"; RES="$RESULTS/gpu-$GPU_NAME"; rm -rf "$RES"; mkdir -p "$RES"
-PIDS=()
 finish() {
   rc=$?
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
   cp -r "$LOG" "$RES/logs" 2>/dev/null || true
   tar -czf "$OUT/gpu-run.tar.gz" --exclude=parts -C "$RESULTS" "gpu-$GPU_NAME" 2>/dev/null || true
   echo "archive: $OUT/gpu-run.tar.gz (exit $rc)"
 }
 trap finish EXIT
-step() {  # step NAME command...
-  local name="$1"; shift; local t0; t0=$(date +%s)
-  echo "== step $name"; local rc=0
-  "$@" > "$LOG/$name.txt" 2>&1 || rc=$?
+FAILED=()
+step() {  # step NAME LIMIT_S FUNCTION: a failed or timed-out step is recorded, the rest still run
+  local name="$1" lim="$2" fn="$3"; local t0; t0=$(date +%s)
+  echo "== step $name (limit $lim s)"; local rc=0
+  timeout "$lim" bash -c "set -euo pipefail; $(declare -f "$fn"); $fn" > "$LOG/$name.txt" 2>&1 || rc=$?
+  [ "$rc" = 0 ] || FAILED+=("$name")
   tail -n 5 "$LOG/$name.txt"
   echo "step $name: $(( $(date +%s) - t0 )) s (exit $rc)"
-  return $rc
 }
 do_install() {
   if "$PY" -c 'import dask, distributed, setuptools' 2>/dev/null; then
@@ -96,13 +95,15 @@ do_tests() {  # the tests that exercise a device; on cuda none may skip for want
   fi
 }
 if [ "$DRY" = 1 ]; then
-  GRID=(--device cpu --estimator log_space,prob_space --dtype float32,float64 --n-samples 1,10
-        --model untrained-k2 --precision cast --proposal prior --repeats 2 --n-data 4)
+  GRID="--device cpu --estimator log_space,prob_space --dtype float32,float64 --n-samples 1,10
+        --model untrained-k2 --precision cast --proposal prior --repeats 2 --n-data 4"
 else
-  GRID=(--config scripts/gpu.toml --device cpu,cuda)
+  GRID="--config scripts/gpu.toml --device cpu,cuda"
 fi
+export PY DRY DEV RES LOG WORK GRID
 do_sweep() {
-  "$PY" -m bench.cli run "${GRID[@]}" --out "$RES/run" --force --report --no-progress
+  # shellcheck disable=SC2086
+  "$PY" -m bench.cli run $GRID --out "$RES/run" --force --report --no-progress
 }
 do_bench() {
   "$PY" -m pytest benchmarks -c benchmarks/pytest.ini -p no:cacheprovider --benchmark-only \
@@ -111,20 +112,23 @@ do_bench() {
 do_dask() {
   local port=$(( 20000 + RANDOM % 20000 ))
   "$PY" -m distributed.cli.dask_scheduler --host 127.0.0.1 --port "$port" --no-dashboard \
-    > "$LOG/scheduler.txt" 2>&1 & PIDS+=($!)
+    > "$LOG/scheduler.txt" 2>&1 & DASK_SCHED=$!
   sleep 3
   "$PY" -m distributed.cli.dask_worker "tcp://127.0.0.1:$port" --nworkers 1 --nthreads 1 \
-    --resources GPU=1 --no-dashboard > "$LOG/worker.txt" 2>&1 & PIDS+=($!)
+    --resources GPU=1 --no-dashboard > "$LOG/worker.txt" 2>&1 & DASK_WORKER=$!
+  trap 'kill "$DASK_WORKER" "$DASK_SCHED" 2>/dev/null || true' EXIT
   sleep 5
   "$PY" -m bench.cli run --device "$DEV" --estimator log_space --dtype float32 --n-samples 10 \
     --model untrained-k2 --precision cast --proposal prior --repeats 2 --n-data 4 \
     --executor dask --scheduler "tcp://127.0.0.1:$port" --out "$RES/dask-run" --force --no-progress
 }
 T0=$(date +%s)
-[ "$INSTALL" = 1 ] && step install do_install
-step environment do_env
-step tests do_tests
-step sweep do_sweep
-step bench do_bench
-step dask do_dask
+# Limits sum to 8 min: a step that overruns is cut, the archive keeps what it wrote.
+if [ "$INSTALL" = 1 ]; then step install 60 do_install; fi
+step environment 30 do_env
+step tests 90 do_tests
+step sweep 200 do_sweep
+step bench 60 do_bench
+step dask 40 do_dask
 echo "step total: $(( $(date +%s) - T0 )) s"
+if [ "${#FAILED[@]}" -gt 0 ]; then echo "failed steps: ${FAILED[*]}"; exit 1; fi
