@@ -116,7 +116,7 @@ do_dask() {
   sleep 3
   "$PY" -m distributed.cli.dask_worker "tcp://127.0.0.1:$port" --nworkers 1 --nthreads 1 \
     --resources GPU=1 --no-dashboard > "$LOG/worker.txt" 2>&1 & DASK_WORKER=$!
-  trap 'kill "$DASK_WORKER" "$DASK_SCHED" 2>/dev/null || true' EXIT
+  trap 'kill "$DASK_WORKER" "$DASK_SCHED" 2>/dev/null || true' EXIT INT TERM
   sleep 5
   "$PY" -m bench.cli run --device "$DEV" --estimator log_space --dtype float32 --n-samples 10 \
     --model untrained-k2 --precision cast --proposal prior --repeats 2 --n-data 4 \
