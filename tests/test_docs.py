@@ -10,7 +10,7 @@ run here or checked, so a documented command cannot quietly stop working.
 - ``lvm-bench report | compare``: run on a copy of the tiny run (``tiny_run``) wherever the
   command names a run that the same line did not make. ``diagnose``: on 4 digits. ``train``:
   2 steps into a temporary directory. ``models``: as written.
-- Tools (pip, tox, pytest, dask, git) are checked, not run: an extra, tox env, marker or path
+- Tools (pip, tox, pytest, dask, git, bash) are checked, not run: an extra, tox env, marker or path
   they name must exist.
 - A trailing ``# exit N`` comment states the exit code a command must give (default 0); a
   command whose arguments hold a placeholder in capitals (``tcp://SCHEDULER:8786``) is
@@ -40,7 +40,7 @@ PLACEHOLDER = re.compile(r"\b[A-Z][A-Z_]{3,}\b(?![=_])")  # SCHEDULER, BASELINE;
 SHRINK = ("--set", "run.n_data=2", "--set", "run.repeats=2", "--set", "run.warmup=0",
           "--set", "run.reference=importance", "--set", "run.reference_samples=200",
           "--set", "run.time_budget=0.01", "--set", "grid.n_samples=1,10")
-TOOLS = ("pip", "tox", "pytest", "dask", "git")
+TOOLS = ("pip", "tox", "pytest", "dask", "git", "bash")
 
 
 @dataclass(frozen=True)
@@ -215,11 +215,20 @@ def _check_git(args: tuple[str, ...]) -> None:
     assert args[0] in ("clone", "checkout", "switch", "status", "diff", "log"), args
 
 
+# bash runs only the GPU run's scripts: their dry run is tests/test_gpu.py's
+BASH_SCRIPTS = {"scripts/gpu_run.sh": {"--dry-run", "--no-install"}, "scripts/gpu_wheels.sh": set()}
+
+
+def _check_bash(args: tuple[str, ...]) -> None:
+    assert args[0] in BASH_SCRIPTS and (ROOT / args[0]).is_file(), args
+    assert set(args[1:]) <= BASH_SCRIPTS[args[0]], args
+
+
 @pytest.mark.parametrize("snippet, command", [
     pytest.param(s, c, id=f"{s.where}-{c.tool}") for s, c in COMMANDS if c.tool in TOOLS])
 def test_tool_commands_name_what_exists(snippet, command):
     {"pip": _check_pip, "tox": _check_tox, "pytest": _check_pytest, "dask": _check_dask,
-     "git": _check_git}[command.tool](command.args)
+     "git": _check_git, "bash": _check_bash}[command.tool](command.args)
     for name, _ in command.env:
         assert name in ("BENCH_NAME", "CUDA_VISIBLE_DEVICES", "PYTHONPATH"), name
 

@@ -121,9 +121,25 @@ def _nvidia_driver() -> str | None:
         return None
 
 
+# TF32 changes float32 results on a GPU: the sweep fixes torch's switches (to torch's own
+# defaults for matmul, and off for cuDNN) before it measures, in every process that runs cells.
+FLOAT32_MATMUL = {"cuda_matmul_allow_tf32": False, "cudnn_allow_tf32": False,
+                  "float32_matmul_precision": "highest"}
+
+
+def fix_float32_matmul() -> dict:
+    """Set TF32 off and float32 matmul precision to "highest"; return the switches as set."""
+    torch.backends.cuda.matmul.allow_tf32 = FLOAT32_MATMUL["cuda_matmul_allow_tf32"]
+    torch.backends.cudnn.allow_tf32 = FLOAT32_MATMUL["cudnn_allow_tf32"]
+    torch.set_float32_matmul_precision(FLOAT32_MATMUL["float32_matmul_precision"])
+    return {"cuda_matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
 def describe(exclude: str | os.PathLike | None = None) -> dict:
     return {"versions": versions(), "hardware": hardware(), "git": git_info(exclude),
-            "argv": sys.argv}
+            "argv": sys.argv, "float32_matmul": fix_float32_matmul()}
 
 
 # ----------------------------------------------------------------------------- hardware identity

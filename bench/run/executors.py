@@ -14,6 +14,7 @@ import platform
 
 from bench.run.cell import Context, failed_row, groups, run_group
 from bench.run.config import Cell, Config
+from bench.run.environment import fix_float32_matmul
 from bench.run.store import RunError
 from lvm.runtime import device_unavailable
 
@@ -66,6 +67,7 @@ _CONTEXTS: dict[tuple, Context] = {}
 
 def remote_group(config_data: dict, source: str, cells: list[tuple], cache_dir: str | None):
     """Run one group of cells on a dask worker: a pure function of (config, cells)."""
+    fix_float32_matmul()
     key = (repr(config_data), cache_dir)
     if key not in _CONTEXTS:
         _CONTEXTS[key] = Context(Config(config_data, source), cache_dir=cache_dir)

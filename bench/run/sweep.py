@@ -133,6 +133,7 @@ def run(config: Config, out: str | Path, *, resume: bool = False, force: bool = 
     })
     meta.setdefault("started", _now())
     meta.setdefault("environment", environment.describe(exclude=store.root))
+    meta["float32_matmul"] = environment.fix_float32_matmul()  # before any timing, also on resume
     meta.setdefault("matmul_peak_gflops", matmul_peaks(config.grid["device"], config.run["threads"]))
     meta.setdefault("segments", []).append({"started": _now(), "cells_todo": len(todo),
                                             "parts_rejected": dict(store.rejected)})
