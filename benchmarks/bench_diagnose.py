@@ -29,3 +29,26 @@ def test_diagnose_3x512_32_digits_cold_cache(benchmark, tmp_path):
     print(f"\ndiagnose {MODEL}, 32 digits, {len(result.rows)} settings, {threads} threads, cold cache: "
           f"{seconds:.1f} s (target {TARGET_S:.0f} s)")
     assert seconds <= TARGET_S
+
+
+VAE_SPEC = "vae-example=vae_example:vae"  # benchmarks/vae_example.py: the PyTorch example's VAE, K = 20
+VAE_N = 5000
+
+
+@pytest.mark.benchmark(group="diagnose")
+def test_diagnose_vae_both_proposals_32_digits(benchmark, tmp_path):
+    """Issue 26: a VAE of the PyTorch example's shape, its own encoder and the prior as proposals,
+    N = 5,000, 32 digits, float32 and float64 log space, cast; target ``TARGET_S`` on 2 cores."""
+    threads = min(2, os.cpu_count() or 1)
+    result = benchmark.pedantic(
+        lambda: diagnose(VAE_SPEC, n_data=32, n_samples=(VAE_N,), dtypes=("float32", "float64"),
+                         estimators=("log_space",), precisions=("cast",), cache_dir=str(tmp_path),
+                         threads=threads), rounds=1, iterations=1)
+    seconds = benchmark.stats.stats.max
+    assert {r.proposal for r in result.rows} == {"prior", "encoder"}  # the encoder path is what is timed
+    benchmark.extra_info.update({"seconds": seconds, "threads": threads, "rows": len(result.rows),
+                                 "torch": result.machine["torch"],
+                                 "cpu_capability": result.machine["cpu_capability"]})
+    print(f"\ndiagnose {VAE_SPEC}, 32 digits, N = {VAE_N}, both proposals, {threads} threads: "
+          f"{seconds:.1f} s (target {TARGET_S:.0f} s)")
+    assert seconds <= TARGET_S

@@ -361,3 +361,22 @@ def test_a_torch_export_program_loads(pkg, tmp_path):
     (tmp_path / "dec.json").write_text(json.dumps({"latent_dim": 3, "output": "logits", "hidden": 16}))
     with pytest.raises(InputError, match="unknown key"):
         sources.load_model(str(tmp_path / "dec.pt2"))
+
+
+def test_diagnose_a_k64_vae_with_both_proposals(pkg, cache_dir, capsys):
+    """Any K (issue 26): a K = 64 VAE goes through diagnose with the prior and its encoder, and every
+    row has a finite estimate and the reliability fields (ESS in [1, N], a k-hat, a boolean verdict;
+    a k-hat past 0.7 is never reliable)."""
+    assert main(["diagnose", "--model", f"mine={PKG}.models:vae64", "--n-data", "2", "--n-samples", "20",
+                 "--dtype", "float32,float64", "--estimator", "log_space", "--format", "json",
+                 "--cache-dir", cache_dir]) in (0, 1)
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert {r["proposal"] for r in rows} == {"prior", "encoder"}
+    assert {(r["dtype"], r["proposal"]) for r in rows} == {(d, p) for d in ("float32", "float64")
+                                                           for p in ("prior", "encoder")}
+    for r in rows:
+        assert math.isfinite(r["estimate"]), r
+        assert 1.0 <= r["ess"] <= 20.0 and not math.isnan(r["pareto_k"]), r
+        assert isinstance(r["reliable"], bool) and isinstance(r["safe"], bool), r
+        if r["pareto_k"] > 0.7:  # +inf: weights too degenerate to fit a tail (lvm/weights.py)
+            assert not r["reliable"] and not r["safe"], r
