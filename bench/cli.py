@@ -26,7 +26,7 @@ from pathlib import Path
 # The grid's axes (lvm.axes.AXES, which imports torch) and their flags on `run`.
 AXIS_FLAGS = {"estimator": "estimator", "dtype": "dtype", "n_samples": "n-samples", "model": "model",
               "parametrization": "parametrization", "device": "device", "precision": "precision",
-              "proposal": "proposal"}
+              "proposal": "proposal", "engine": "engine"}
 FORMATS = ("text", "markdown", "json")
 
 

@@ -28,6 +28,10 @@ proposal
     trained ``encoder`` q(z|x).
 device
     Where a cell runs (:data:`DEVICES`).
+engine
+    What runs the estimator's chunk work (:data:`ENGINES`): ``eager`` PyTorch, or ``compiled``,
+    the same code under ``torch.compile`` (inductor), which fuses the pointwise passes and the
+    reductions' steps (:mod:`lvm.engine`).
 parametrization
     What the decoder's last layer gives the Bernoulli likelihood (:data:`PARAMETRIZATIONS`):
     ``logits`` (exact) or ``probs`` (a sigmoid, clamped). Older: ``output`` in lvm/
@@ -60,12 +64,13 @@ from __future__ import annotations
 import torch
 
 # The grid's axes in grid order: a cell's coordinates, cells.csv's first columns, its key's parts.
-AXES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device", "precision", "proposal")
+AXES = ("estimator", "dtype", "n_samples", "model", "parametrization", "device", "precision", "proposal",
+        "engine")
 
 # Axes added after runs were committed, at the level those runs were at. A config may leave them
 # out (that level is its grid), a row without them is at it, and a cell key omits it (so that
 # the keys of older runs stay valid). Every other axis has no default: a config lists it.
-AXIS_DEFAULTS = {"precision": "cast", "proposal": "prior"}
+AXIS_DEFAULTS = {"precision": "cast", "proposal": "prior", "engine": "eager"}
 
 DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
@@ -76,6 +81,7 @@ DTYPES: dict[str, torch.dtype] = {
 PRECISIONS = ("cast", "autocast")
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)  # the dtypes torch.autocast lowers to
 PROPOSALS = ("prior", "encoder")
+ENGINES = ("eager", "compiled")  # compiled: the chunk work under torch.compile (lvm.engine)
 DEVICES = ("cpu", "cuda", "mps")
 PARAMETRIZATIONS = ("logits", "probs")
 
@@ -92,4 +98,4 @@ OUTSIDE = {"space": "outside", "form": None, "accumulate": None}  # an estimator
 # The axes whose levels are a closed set, in grid order (estimator and model are open: an
 # outside estimator or model is named by an import path; n_samples is any positive integer).
 LEVELS = {"dtype": tuple(DTYPES), "parametrization": PARAMETRIZATIONS, "device": DEVICES,
-          "precision": PRECISIONS, "proposal": PROPOSALS}
+          "precision": PRECISIONS, "proposal": PROPOSALS, "engine": ENGINES}

@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping
 import torch
 
 from .draws import Drawn, Draws, Terms, proposal_terms
+from .engine import compiled
 from .errors import InputError
 from .likelihoods import bernoulli_log_likelihood
 from .protocol import check_log_likelihood
@@ -71,10 +72,13 @@ def _weigh_prob(p: torch.Tensor, drawn: Drawn, dt: torch.dtype, dev: torch.devic
 
 
 def weighted_terms(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device, seed: int,
-                   chunk: int, form: str | None, proposal=None) -> Iterator[torch.Tensor]:
+                   chunk: int, form: str | None, proposal=None,
+                   engine: str = "eager") -> Iterator[torch.Tensor]:
     """The weighted terms, [B, c] in dt, chunk by chunk: log terms (``form`` None), or
-    probabilities by exponentiating them ("exp") or by the per-pixel product ("product")."""
+    probabilities by exponentiating them ("exp") or by the per-pixel product ("product").
+    ``engine`` "compiled": the terms function under torch.compile (:mod:`lvm.engine`)."""
     fn = _pixel_product(model, dt, dev) if form == "product" else _log_likelihood(model, dt, dev)
+    fn = compiled(fn) if engine == "compiled" else fn
     for drawn, t in proposal_terms(Draws(model, n, seed, proposal), x, chunk, fn):
         if form == "product":
             yield _weigh_prob(t, drawn, dt, dev)
@@ -84,21 +88,21 @@ def weighted_terms(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torc
 
 
 def log_space(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device, seed: int,
-              chunk: int, acc: torch.dtype, proposal=None) -> Estimate:
+              chunk: int, acc: torch.dtype, proposal=None, engine: str = "eager") -> Estimate:
     """logsumexp_i log w_i - log N, the sum streamed in ``acc``."""
-    out = LogSum(len(x), dt, acc, dev)
+    out = LogSum(len(x), dt, acc, dev, engine=engine)
     for lw in weighted_terms(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=None,
-                             proposal=proposal):
+                             proposal=proposal, engine=engine):
         out.add(lw)
     return out.result(n, seed)
 
 
 def prob_space(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device, seed: int,
-               chunk: int, form: str, proposal=None) -> Estimate:
+               chunk: int, form: str, proposal=None, engine: str = "eager") -> Estimate:
     """log of the mean of the weights, every step in dt."""
-    out = ProbSum(len(x), dt, dev, form)
+    out = ProbSum(len(x), dt, dev, form, engine=engine)
     for w in weighted_terms(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=form,
-                            proposal=proposal):
+                            proposal=proposal, engine=engine):
         out.add(w)
     return out.result(n, seed)
 
@@ -112,7 +116,7 @@ def _network(model):
         return model
 
 
-def _log_chunks(model, x, n, seed, dt, dev, outputs, proposal) -> Iterator[dict[str, torch.Tensor]]:
+def _log_chunks(model, x, n, seed, dt, dev, outputs, proposal, engine) -> Iterator[dict[str, torch.Tensor]]:
     """Per chunk of draws, {output: log terms [B, c]} as :func:`log_space` computes them, one
     decoder pass serving every output (probs = sigmoid of the logits network)."""
     net, xd = _network(model), x.to(dtype=dt)
@@ -125,6 +129,7 @@ def _log_chunks(model, x, n, seed, dt, dev, outputs, proposal) -> Iterator[dict[
                 for o in outputs}
 
     chunk = default_chunk(None, proposal, len(x), x.shape[1])
+    fn = compiled(fn) if engine == "compiled" else fn
     for drawn, lls in proposal_terms(Draws(model, n, seed, proposal), xd, chunk, fn):
         if drawn.per_digit:
             c = drawn.log_ratio.to(device=dev, dtype=dt)
@@ -134,12 +139,13 @@ def _log_chunks(model, x, n, seed, dt, dev, outputs, proposal) -> Iterator[dict[
 
 def shared(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device, seed: int,
            specs: Mapping[str, Mapping], outputs: tuple[str, ...], as_given: bool,
-           proposal=None) -> dict[tuple[str, str], Estimate]:
+           proposal=None, engine: str = "eager") -> dict[tuple[str, str], Estimate]:
     """Every estimator of ``specs`` for every output, from one decoder pass (module docstring).
 
     ``specs``: name -> {"space": "log", "accumulate": a torch dtype or None} or {"space": "prob",
     "form": "product" | "exp"}; ``as_given``: reductions in the dtype the terms arrive in
-    (autocast); ``proposal``: None (the prior) or a proposal object.
+    (autocast); ``proposal``: None (the prior) or a proposal object; ``engine``: "eager" or
+    "compiled" (:mod:`lvm.engine`).
     """
     B = len(x)
     streamed: dict[str, dict[str, LogSum | ProbSum]] = {o: {} for o in outputs}  # output -> name -> sum
@@ -148,12 +154,12 @@ def shared(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device
         for name, spec in specs.items():
             if spec["space"] == "log":
                 acc = spec["accumulate"] or (None if as_given else dt)
-                sums[name] = LogSum(B, dt, acc, dev, diag=first.diag if first else None)
+                sums[name] = LogSum(B, dt, acc, dev, diag=first.diag if first else None, engine=engine)
                 first = first or sums[name]
             elif spec["form"] == "exp":
-                sums[name] = ProbSum(B, dt, dev, "exp", as_given=as_given)
+                sums[name] = ProbSum(B, dt, dev, "exp", as_given=as_given, engine=engine)
     if any(streamed.values()):
-        for lls in _log_chunks(model, x, n, seed, dt, dev, tuple(streamed), proposal):
+        for lls in _log_chunks(model, x, n, seed, dt, dev, tuple(streamed), proposal, engine):
             for o, sums in streamed.items():
                 ll = lls[o]
                 exp = None  # exp(ll), made once for the probability-space sums of this output
@@ -166,10 +172,10 @@ def shared(model, x: torch.Tensor, n: int, *, dt: torch.dtype, dev: torch.device
     out = {(name, o): acc.result(n, seed) for o, sums in streamed.items() for name, acc in sums.items()}
     products = [name for name, spec in specs.items() if spec["space"] == "prob" and spec["form"] == "product"]
     if products:
-        acc = ProbSum(B, dt, dev, "product", as_given=as_given)
+        acc = ProbSum(B, dt, dev, "product", as_given=as_given, engine=engine)
         net = _network(model)  # the network up to its output
         for p in weighted_terms(net, x, n, dt=dt, dev=dev, seed=seed, chunk=product_chunk(B, x.shape[1]),
-                                form="product", proposal=proposal):
+                                form="product", proposal=proposal, engine=engine):
             acc.add(p)
         est = acc.result(n, seed)
         out |= {(name, o): est for name in products for o in outputs}

@@ -149,6 +149,13 @@ class LogSumExpState:
         self._merge(m_c.squeeze(dim), torch.where(torch.isfinite(m_c.squeeze(dim)), s_c, 0))
         return self
 
+    def fold(self, m: torch.Tensor, s: torch.Tensor, nan: torch.Tensor, posinf: torch.Tensor) -> None:
+        """Fold in a chunk already reduced to its row maxima ``m``, shifted sums ``s`` and NaN /
+        +inf flags (the compiled engine's step, :func:`lvm.engine.lse_step`)."""
+        self.nan |= nan
+        self.posinf |= posinf
+        self._merge(m, s)
+
     def merge(self, other: LogSumExpState) -> LogSumExpState:
         """Combine with another state (e.g. from another worker or chunk range)."""
         self.nan |= other.nan

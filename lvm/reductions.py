@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .engine import step
 from .numerics import LogSumExpState, Scratch, dtype_name
 
 
@@ -86,7 +87,8 @@ class Diagnostics:
     exp(lw - m) and exp(2 (lw - m)): the same shift serves both sums.
     """
 
-    def __init__(self, B: int, device, dtype: torch.dtype = torch.float64):
+    def __init__(self, B: int, device, dtype: torch.dtype = torch.float64, engine: str = "eager"):
+        self.engine = engine
         self.zero = torch.zeros(B, dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros(B, dtype=torch.int64, device=device)
         self.dtype = dtype
@@ -106,6 +108,9 @@ class Diagnostics:
         The exponentials are formed, and squared, in one buffer (:class:`Scratch` for contiguous
         weights, so in their layout as before).
         """
+        if self.engine == "compiled":
+            self._fold(*step("diag")(terms, log_w, zero_cutoff(log_w.dtype, log_w.device), self.dtype))
+            return
         n = log_w.shape[-1]
         if terms is None:  # exp(lw) == 0 exactly when lw <= the dtype's cutoff: one compare, no exp
             cutoff = zero_cutoff(log_w.dtype, log_w.device)
@@ -130,6 +135,18 @@ class Diagnostics:
         self.s2 = self.s2 * scale * scale + e.mul_(e).sum(-1)
         self.m = m_c
 
+    def _fold(self, zero, nonfinite, top, s1, s2) -> None:
+        """Fold in one chunk's step (:func:`lvm.engine.diag_step`): its sums are relative to its own
+        maximum ``top``, rescaled here to the running one."""
+        self.zero += zero
+        self.nonfinite += nonfinite
+        m = torch.maximum(top, self.m)
+        shift = torch.where(m == -math.inf, 0.0, m)
+        old, new = torch.exp(self.m - shift), torch.exp(top - shift)
+        self.s1 = self.s1 * old + s1 * new
+        self.s2 = self.s2 * old * old + s2 * new * new
+        self.m = m
+
     def ess(self) -> torch.Tensor:
         return torch.nan_to_num(self.s1 * self.s1 / self.s2, nan=0.0).to(torch.float64).cpu()
 
@@ -144,18 +161,21 @@ class LogSum:
     ``acc=None``: in the dtype the terms arrive in (what torch.autocast left them in)."""
 
     def __init__(self, B: int, dt: torch.dtype, acc: torch.dtype | None, dev: torch.device,
-                 diag: Diagnostics | None = None):
-        self.dt, self.acc, self.shape = dt, acc, ((B,), dev)
+                 diag: Diagnostics | None = None, engine: str = "eager"):
+        self.dt, self.acc, self.shape, self.engine = dt, acc, ((B,), dev), engine
         self.state = None if acc is None else LogSumExpState((B,), dtype=acc, device=dev)
         # the diagnostics depend on the log terms only: sums of the same terms may share them
         self.own_diag = diag is None
-        self.diag = Diagnostics(B, dev, diag_dtype(dt)) if diag is None else diag
+        self.diag = Diagnostics(B, dev, diag_dtype(dt), engine) if diag is None else diag
 
     def add(self, ll: torch.Tensor) -> None:
         if self.state is None:
             self.acc = ll.dtype
             self.state = LogSumExpState(self.shape[0], dtype=ll.dtype, device=self.shape[1])
-        self.state.update(ll)
+        if self.engine == "compiled":
+            self.state.fold(*step("lse")(ll.to(self.acc)))
+        else:
+            self.state.update(ll)
         if self.own_diag:
             self.diag.add(None, ll)
 
@@ -169,11 +189,12 @@ class LogSum:
 class ProbSum:
     """prob_space's reduction: a running sum of probability-term chunks in the working dtype."""
 
-    def __init__(self, B: int, dt: torch.dtype, dev: torch.device, form: str, *, as_given: bool = False):
+    def __init__(self, B: int, dt: torch.dtype, dev: torch.device, form: str, *, as_given: bool = False,
+                 engine: str = "eager"):
         """``as_given``: sum in the dtype the terms arrive in (what torch.autocast left them in)."""
         self.dt, self.form = dt, form
         self.total = None if as_given else torch.zeros(B, dtype=dt, device=dev)
-        self.diag = Diagnostics(B, dev, diag_dtype(dt))
+        self.diag = Diagnostics(B, dev, diag_dtype(dt), engine)
 
     def add(self, terms: torch.Tensor) -> None:
         if self.total is None:

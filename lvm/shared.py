@@ -29,6 +29,7 @@ import torch
 
 from . import kernels
 from .axes import AUTOCAST_DTYPES, PRECISIONS, PROPOSALS
+from .engine import EngineUnavailable, check_engine, unavailable
 from .errors import InputError
 from .estimators import FORMS, log_space, prob_space
 from .numerics import dtype_name, parse_dtype
@@ -94,22 +95,25 @@ def draws_from(model, x, proposal: str):
 
 def estimate(model, x, n_samples: int, spec: Mapping, *, dtype: str | torch.dtype,
              device: str | torch.device = "cpu", seed: int = 0, precision: str = "cast",
-             proposal: str = "prior") -> Estimate:
+             proposal: str = "prior", engine: str = "eager") -> Estimate:
     """One estimator by its spec, on its own, as a user calls it: what :func:`evaluate`
     reproduces. ``spec``: as in :func:`evaluate`; ``precision``: "cast" or "autocast"
-    (:func:`policy`); ``proposal``: "prior" or "encoder" (:func:`draws_from`)."""
+    (:func:`policy`); ``proposal``: "prior" or "encoder" (:func:`draws_from`); ``engine``:
+    "eager" or "compiled" (:mod:`lvm.engine`)."""
     spec = check_spec("spec", spec)
     own = getattr(model, "output", None)
     # under autocast the reductions run in the dtype the terms arrive in: the shared pass, one spec
     return _route(model, x, n_samples, {"_": spec}, (own,), dtype=dtype, device=device, seed=seed,
-                  precision=precision, proposal=proposal, share=precision != "cast")[("_", own)]
+                  precision=precision, proposal=proposal, share=precision != "cast",
+                  engine=engine)[("_", own)]
 
 
 @torch.no_grad()
 def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype,
              estimators: Mapping[str, Mapping], outputs: tuple[str, ...] | None = None,
              device: str | torch.device = "cpu", seed: int = 0,
-             precision: str = "cast", proposal: str = "prior") -> dict[tuple[str, str], Estimate]:
+             precision: str = "cast", proposal: str = "prior",
+             engine: str = "eager") -> dict[tuple[str, str], Estimate]:
     """Every estimator in ``estimators`` for every likelihood parametrization in ``outputs``.
 
     ``estimators`` maps a name to a spec: ``{"space": "log", "accumulate": None | dtype}``,
@@ -123,12 +127,13 @@ def evaluate(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtype
     terms arrive in, as it would in a user's code under ``torch.autocast``. ``proposal``: "prior"
     or "encoder" (:func:`draws_from`); with the encoder each digit has its own draws, so the
     decoder runs per digit (one pass serving every parametrization), as the estimators called
-    alone run it.
+    alone run it. ``engine``: "eager", or "compiled" (:mod:`lvm.engine`) for the built-in
+    estimators; an outside estimator runs its own code and is refused under "compiled".
     """
     specs = {name: check_spec(f"estimators[{name!r}]", spec) for name, spec in estimators.items()}
     own = getattr(model, "output", None)
     return _route(model, x, n_samples, specs, tuple(outputs or (own,)), dtype=dtype, device=device,
-                  seed=seed, precision=precision, proposal=proposal, share=True)
+                  seed=seed, precision=precision, proposal=proposal, share=True, engine=engine)
 
 
 def _labelled(est: Estimate, precision: str, dtype) -> Estimate:
@@ -140,7 +145,7 @@ def _labelled(est: Estimate, precision: str, dtype) -> Estimate:
 
 
 def _route(model, x, n, specs: dict[str, dict], outputs: tuple, *, dtype, device, seed, precision: str,
-           proposal: str, share: bool) -> dict[tuple[str, str], Estimate]:
+           proposal: str, share: bool, engine: str = "eager") -> dict[tuple[str, str], Estimate]:
     """Validate what the specs have in common, then run each spec on its route (module docstring):
     the built-in specs on the shared pass when ``share`` and the model has ``with_output``,
     else each alone; the outside specs each alone. Keys in the order the routes give them."""
@@ -158,11 +163,17 @@ def _route(model, x, n, specs: dict[str, dict], outputs: tuple, *, dtype, device
     if outside and proposal != "prior":
         raise InputError(f"proposal={proposal!r} with an outside estimator ({specs[outside[0]]['path']}): "
                          "it draws its own z; accepted: proposal='prior'")
+    if check_engine(engine) != "eager" and outside:
+        raise InputError(f"engine={engine!r} with an outside estimator ({specs[outside[0]]['path']}): "
+                         "it runs its own code; accepted: engine='eager'")
+    if engine == "compiled" and (why := unavailable(device)):
+        raise EngineUnavailable(why)
 
     def alone(name: str, o: str) -> Estimate:
         m = model.with_output(o) if views else model
         with context:
-            est = _alone(m, x, n, specs[name], work=work, device=device, seed=seed, proposal=proposal)
+            est = _alone(m, x, n, specs[name], work=work, device=device, seed=seed, proposal=proposal,
+                         engine=engine)
         return _labelled(est, precision, dtype)
 
     if not (share and views):
@@ -174,12 +185,12 @@ def _route(model, x, n, specs: dict[str, dict], outputs: tuple, *, dtype, device
         with context, torch.no_grad():
             xs, ns, dt, dev = check_inputs(model, x, n, work, device, None, seed)
             res = kernels.shared(model, xs, ns, dt=dt, dev=dev, seed=seed, specs=builtin, outputs=outputs,
-                                 as_given=precision != "cast", proposal=prop)
+                                 as_given=precision != "cast", proposal=prop, engine=engine)
         out = {k: _labelled(e, precision, dtype) for k, e in res.items()}
     return out | {(name, o): alone(name, o) for name in outside for o in outputs}
 
 
-def _alone(model, x, n, spec: dict, *, work, device, seed, proposal: str) -> Estimate:
+def _alone(model, x, n, spec: dict, *, work, device, seed, proposal: str, engine: str) -> Estimate:
     """One spec on its own, in the working dtype ``work`` (under the caller's policy context)."""
     if spec["space"] == "outside":
         from .sources import load_estimator, run_estimator
@@ -188,6 +199,7 @@ def _alone(model, x, n, spec: dict, *, work, device, seed, proposal: str) -> Est
                              device=device, seed=seed)
     prop = draws_from(model, x, proposal)
     if spec["space"] == "prob":
-        return prob_space(model, x, n, form=spec["form"], dtype=work, device=device, seed=seed, proposal=prop)
+        return prob_space(model, x, n, form=spec["form"], dtype=work, device=device, seed=seed, proposal=prop,
+                          engine=engine)
     return log_space(model, x, n, accumulate_dtype=spec["accumulate"], dtype=work, device=device, seed=seed,
-                     proposal=prop)
+                     proposal=prop, engine=engine)

@@ -29,6 +29,7 @@ from bench.run.isolation import failure, isolated
 from bench.run.metrics import summarize
 from bench.run.store import RunError
 from bench.run.timing import Measurement, PeakMemory, autorange, estimate_flop, timed
+from lvm import engine as lvm_engine
 from lvm import sources, zoo
 from lvm.axes import AXES, PARAMETRIZATIONS
 from lvm.encoder import has_encoder
@@ -55,17 +56,19 @@ def estimate(model, x, cell: Cell, seed: int, n_samples: int | None = None) -> l
     """Run the cell's estimator once, as a user calls it, with the given draw seed (and N)."""
     return estimate_spec(model, x, n_samples or cell.n_samples, estimator_spec(cell.estimator),
                          dtype=cell.dtype, device=cell.device, seed=seed, precision=cell.precision,
-                         proposal=cell.proposal)
+                         proposal=cell.proposal, engine=cell.engine)
 
 
 @dataclass
 class Timing:
-    """One timed estimator: its runs, peak memory, FLOP, and the model whose weights ran."""
+    """One timed estimator: its runs, peak memory, FLOP, the model whose weights ran, and the
+    seconds its warmup spent compiling (the compiled engine; 0 for eager)."""
 
     times: Measurement
     peak_bytes: int
     flop: float
     model: str
+    compile_s: float = 0.0
 
 
 def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: float) -> Timing:
@@ -73,12 +76,17 @@ def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: floa
 
     ``warmup`` untimed calls on one chunk of draws (min(N, CHUNK)) first: every chunk runs the
     same kernels and casts, so one chunk warms them all without doubling a cell that takes
-    seconds. Then timed calls, device synchronised, until ``budget`` seconds are spent (at
-    least one call, at most MAX_RUNS); peak memory is taken over the first.
+    seconds. The compiled engine warms up on all N draws, at least once: each chunk shape is
+    compiled then, outside the timed calls, and the seconds it spent compiling are recorded.
+    Then timed calls, device synchronised, until ``budget`` seconds are spent (at least one
+    call, at most MAX_RUNS); peak memory is taken over the first.
     """
     dev = torch.device(cell.device)
-    for _ in range(warmup):
-        estimate(model, x, cell, seed, min(cell.n_samples, CHUNK))
+    compiling = lvm_engine.compile_seconds()
+    whole = cell.engine == "compiled"
+    for _ in range(max(warmup, 1) if whole else warmup):
+        estimate(model, x, cell, seed, cell.n_samples if whole else min(cell.n_samples, CHUNK))
+    compiling = lvm_engine.compile_seconds() - compiling
     peak = PeakMemory(dev)
     with peak:
         _, first = timed(lambda: estimate(model, x, cell, seed), dev)
@@ -90,7 +98,7 @@ def time_estimator(model, x, cell: Cell, seed: int, *, warmup: int, budget: floa
                      else len(x) * estimate_flop(arch, 1, cell.n_samples))
     except InputError:  # an outside model: its network is not described, so its FLOP are unknown
         flop = float("nan")
-    return Timing(times, peak.peak, flop, cell.model)
+    return Timing(times, peak.peak, flop, cell.model, compiling)
 
 
 class Context:
@@ -205,8 +213,8 @@ class Context:
     def timing(self, cell: Cell, seed: int) -> Timing:
         """The cell's timing, measured once per (estimator, dtype, N, architecture, device):
         cells that differ only in the weights share it (``timed_model`` says whose ran)."""
-        key = (cell.estimator, cell.dtype, cell.precision, cell.proposal, cell.n_samples, cell.device,
-               self.architecture(cell.model, cell.parametrization))
+        key = (cell.estimator, cell.dtype, cell.precision, cell.proposal, cell.engine, cell.n_samples,
+               cell.device, self.architecture(cell.model, cell.parametrization))
         if key not in self._timings:
             run = self.config.run
             self._timings[key] = time_estimator(self.model(cell.model, cell.parametrization), self.x, cell,
@@ -294,41 +302,51 @@ def _run_group(ctx: Context, cells: list[Cell]) -> list[tuple[str, dict, pd.Data
     t_start = time.perf_counter()
     truth = ctx.truth(first.model)
     seeds = [draw_seed(run["seed"], first.model, first.n_samples, r) for r in range(run["repeats"])]
-    # Accuracy: one shared pass per (dtype, precision, proposal, repeat); float64 log space with the
-    # cell's proposal is also every cell's replay.
+    # Accuracy: one shared pass per (dtype, precision, proposal, engine, repeat); eager float64 log
+    # space with the cell's proposal is also every cell's replay.
     params = [p for p in PARAMETRIZATIONS if any(c.parametrization == p for c in cells)]
-    wanted: dict[tuple[str, str, str], set[str]] = {  # (dtype, precision, proposal) -> estimators
-        ("float64", "cast", prop): {"log_space"} for prop in dict.fromkeys(c.proposal for c in cells)}
+    proposals = dict.fromkeys(c.proposal for c in cells)
+    wanted: dict[tuple[str, ...], set[str]] = {  # (dtype, precision, proposal, engine) -> estimators
+        ("float64", "cast", prop, "eager"): {"log_space"} for prop in proposals}
     for c in cells:
-        wanted.setdefault((c.dtype, c.precision, c.proposal), set()).add(c.estimator)
+        wanted.setdefault((c.dtype, c.precision, c.proposal, c.engine), set()).add(c.estimator)
     base = ctx.model(first.model, first.parametrization)
     own = None if hasattr(base, "with_output") else first.parametrization  # one likelihood only
 
-    def shared_pass(dt, precision, proposal, names, seed):
+    def shared_pass(dt, precision, proposal, engine, names, seed):
         out = evaluate(base, ctx.x, first.n_samples, dtype=dt, device=first.device, seed=seed,
                        estimators={e: estimator_spec(e) for e in names},
-                       outputs=None if own else tuple(params), precision=precision, proposal=proposal)
+                       outputs=None if own else tuple(params), precision=precision, proposal=proposal,
+                       engine=engine)
         return {(e, own or o): est for (e, o), est in out.items()}
 
-    errors: dict[tuple[str, str, str, str], Exception] = {}  # (dtype, precision, proposal, estimator)
+    errors: dict[tuple[str, ...], Exception] = {}  # (dtype, precision, proposal, engine, estimator)
     passes = {}
+    compiling = dict.fromkeys(wanted, 0.0)  # seconds torch.compile spent in each pass (compiled engine)
     for k, names in wanted.items():
         for r, seed in enumerate(seeds):
             live = sorted(e for e in names if (*k, e) not in errors)
+            before = lvm_engine.compile_seconds()
             passes[(*k, r)], failed = isolated(functools.partial(shared_pass, *k, seed=seed), live)
+            compiling[k] += lvm_engine.compile_seconds() - before
             errors |= {(*k, e): err for e, err in failed.items()}
     share = (time.perf_counter() - t_start) / len(cells)
 
     def measure(cell: Cell) -> tuple[dict, pd.DataFrame | None]:
         err = failure(errors, cell)
+        if isinstance(err, lvm_engine.EngineUnavailable):  # not a failure: this machine cannot compile
+            return skipped_row(cell, f"the compiled engine cannot run here: {err}", run), None
         if err is not None:
             return failed_row(cell, err), None
         try:
             at, f64 = (cell.estimator, cell.parametrization), ("log_space", cell.parametrization)
-            ests = [passes[(cell.dtype, cell.precision, cell.proposal, r)][at] for r in range(len(seeds))]
-            replay = np.stack([passes[("float64", "cast", cell.proposal, r)][f64].log_px.numpy()
+            ests = [passes[(cell.dtype, cell.precision, cell.proposal, cell.engine, r)][at]
+                    for r in range(len(seeds))]
+            replay = np.stack([passes[("float64", "cast", cell.proposal, "eager", r)][f64].log_px.numpy()
                                for r in range(len(seeds))])
-            return _tables(cell, ests, replay, truth, ctx.timing(cell, seeds[0]))
+            row, raw = _tables(cell, ests, replay, truth, ctx.timing(cell, seeds[0]))
+            row["compile_s"] += compiling[(cell.dtype, cell.precision, cell.proposal, cell.engine)]
+            return row, raw
         except Exception as e:  # noqa: BLE001 - this cell's failure, recorded; the group goes on
             return failed_row(cell, e), None
 
@@ -360,6 +378,7 @@ def _tables(cell: Cell, ests: list[lvm.Estimate], replay: np.ndarray, truth: dic
            "underflow_threshold": facts.log_min_subnormal, "unit_roundoff": facts.unit_roundoff,
            "flop": timing.flop,
            "time_median_s": median, "time_iqr_s": timing.times.iqr, "time_runs": len(timing.times.times),
+           "compile_s": timing.compile_s,
            "terms_per_s": B * cell.n_samples / median, "estimates_per_s": B / median,
            "peak_memory_mb": timing.peak_bytes / 2**20, "timed_model": timing.model,
            "host": platform.node()}

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.run import limits
+from lvm import engine as lvm_engine
 from lvm import sources, zoo
 from lvm.axes import (
     AUTOCAST_DTYPES,
     AXES,
     AXIS_DEFAULTS,
     DTYPES,
+    ENGINES,
     ESTIMATORS,
     LEVELS,
     OUTSIDE,
@@ -91,6 +93,7 @@ class Cell:
     device: str
     precision: str = "cast"
     proposal: str = "prior"
+    engine: str = "eager"
 
     @classmethod
     def of(cls, row: dict[str, Any]) -> Cell:
@@ -188,6 +191,12 @@ class Config:
             return "autocast lowers to float16 or bfloat16 only: at float32 and float64 it is the cast policy"
         if cell.estimator == "log_space_acc32" and cell.dtype in ("float32", "float64"):
             return "float32 accumulation only differs from log_space below float32"
+        if cell.engine == "compiled":
+            if estimator_spec(cell.estimator)["space"] == "outside":
+                return "an outside estimator runs its own code: the engine axis applies to the built-in ones"
+            why = lvm_engine.unavailable(cell.device)
+            if why:
+                return f"the compiled engine cannot run here: {why}"
         if cell.proposal == "encoder":
             if estimator_spec(cell.estimator)["space"] == "outside":
                 return "an outside estimator draws its own z: the proposal axis applies to the built-in ones"
@@ -195,7 +204,8 @@ class Config:
             if family not in ("outside", *zoo.ENCODER_FAMILIES):
                 return (f"model {cell.model!r} has no encoder (zoo families with one: "
                         f"{', '.join(f'{f}-kK' for f in zoo.ENCODER_FAMILIES)})")
-        return limits.exclusion((cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.model),
+        return limits.exclusion((cell.dtype, cell.estimator, cell.precision, cell.proposal, cell.engine,
+                                 cell.model),
                                 cell.n_samples, self.data["limits"])
 
     def inert_limits(self) -> list[str]:
@@ -208,7 +218,8 @@ class Config:
 
 def _levels(grid: dict[str, list], labels) -> list[str]:
     """The levels of this grid a ``[limits]`` key can name."""
-    return [*grid["dtype"], *grid["estimator"], *grid["precision"], *grid["proposal"], *labels]
+    return [*grid["dtype"], *grid["estimator"], *grid["precision"], *grid["proposal"], *grid["engine"],
+            *labels]
 
 
 def _suggest(word: str, options) -> str:
@@ -388,6 +399,6 @@ def _check_axes(data: dict, source: str) -> None:
         raise ConfigError(f"{source}: run.reference = {run['reference']!r}; "
                           "accepted: auto, quadrature, importance")
     problem = limits.problem(data["limits"], _levels(grid, labels),
-                             (*DTYPES, *ESTIMATORS, *PRECISIONS, *PROPOSALS), labels)
+                             (*DTYPES, *ESTIMATORS, *PRECISIONS, *PROPOSALS, *ENGINES), labels)
     if problem:
         raise ConfigError(f"{source}: {problem}")

@@ -6,7 +6,11 @@ through :func:`upgrade`, one step per version, so that what reads a run (``load_
 report and compare, ``--resume``) sees today's format only and no other module knows an old
 one. A format newer than this code is refused (:func:`written_version`).
 
-Format 2 (issue 21 on): format 1 as it was last written, every part of it now required.
+Format 3 (issue 24 on): format 2 with the ``engine`` axis (after ``proposal``, in meta.json's
+  grid, cells.csv and the raw rows) and the cells.csv column ``compile_s`` (after ``time_runs``).
+  v2 -> v3 adds them at ``eager`` and 0 s: every older cell ran eagerly, compiling nothing.
+
+Format 2 (issue 21 to 24): format 1 as it was last written, every part of it now required.
   meta.json's config lists every axis of the grid; cells.csv and the raw rows have every axis as
   a column, none blank; cells.csv has the metric columns ``flop``, ``truth_error``,
   ``bias_resolved`` and ``mc_bias_resolved``. A cell's key (``Cell.key``, which names its files
@@ -42,7 +46,7 @@ from bench.run.timing import estimate_flop
 from lvm import zoo
 from lvm.errors import InputError
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 class RunError(InputError):
@@ -162,11 +166,36 @@ def _v1_cells(cells: pd.DataFrame) -> pd.DataFrame:
     return _v1_flop(_v1_truth_error(_v1_axes(cells)))
 
 
+# ----------------------------------------------------------------------------- format 2 -> 3
+
+
+def _v2_axes(frame: pd.DataFrame) -> pd.DataFrame:
+    if "engine" in frame:
+        return frame
+    return _insert(frame, "engine", AXIS_DEFAULTS["engine"], "proposal")
+
+
+def _v2_cells(cells: pd.DataFrame) -> pd.DataFrame:
+    cells = _v2_axes(cells)
+    if "compile_s" in cells:
+        return cells
+    ok = cells["status"] == "ok" if "status" in cells else pd.Series(True, index=cells.index)
+    return _insert(cells, "compile_s", np.where(ok, 0.0, np.nan), "time_runs")
+
+
+def _v2_meta(meta: dict) -> dict:
+    grid = (meta.get("config") or {}).get("grid")
+    if not isinstance(grid, dict) or "engine" in grid:
+        return meta
+    return {**meta, "config": {**meta["config"], "grid": {**grid, "engine": [AXIS_DEFAULTS["engine"]]}}}
+
+
 # ----------------------------------------------------------------------------- the steps
 
 STEPS: dict[int, Step] = {
     0: Step(note="meta.json has no format_version (an older results format): it is read as format 1"),
     1: Step(meta=_v1_meta, cells=_v1_cells, raw=_v1_axes),
+    2: Step(meta=_v2_meta, cells=_v2_cells, raw=_v2_axes),
 }
 
 

@@ -1,6 +1,6 @@
 """Failures stay local: one cell's exception fails that cell alone, with its own reason.
 
-A group's cells share passes (:func:`bench.run.cell.run_group`): one per (dtype, precision,
+A group's cells share passes (:func:`bench.run.cell.run_group`): one per (dtype, precision, engine,
 proposal, repeat) serving several estimators. :func:`isolated` runs a pass so that what one
 estimator raises is recorded as that estimator's and the others are measured;
 :func:`failure` says what failed a cell, its own estimator's pass or its float64 replay.
@@ -37,10 +37,10 @@ def isolated(run, names: list[str]) -> tuple[dict, dict[str, Exception]]:
 
 def failure(errors: dict, cell: Cell) -> Exception | None:
     """What failed this cell's estimator in its pass, or its float64 replay; None if nothing did."""
-    own = errors.get((cell.dtype, cell.precision, cell.proposal, cell.estimator))
+    own = errors.get((cell.dtype, cell.precision, cell.proposal, cell.engine, cell.estimator))
     if own is not None:
         return own
-    replay = errors.get(("float64", "cast", cell.proposal, "log_space"))
+    replay = errors.get(("float64", "cast", cell.proposal, "eager", "log_space"))
     if replay is None:
         return None
     why = RuntimeError(f"its float64 log_space replay failed: {type(replay).__name__}: {replay}")

@@ -39,7 +39,7 @@ def levels(key: str) -> list[str]:
 def problem(limits: dict, active: Iterable[str], vocabulary: Iterable[str],
             labels: Iterable[str]) -> str | None:
     """What is wrong with a ``[limits]`` table, or None. ``active``: the levels of the grid;
-    ``vocabulary``: the dtypes, built-in estimators, precision policies and proposals; ``labels``:
+    ``vocabulary``: the dtypes, built-in estimators, precision policies, proposals and engines; ``labels``:
     the grid's model labels (for the message)."""
     caps, active, vocabulary = limits["max_n_samples"], set(active), list(vocabulary)
     for key, cap in caps.items():
@@ -48,7 +48,8 @@ def problem(limits: dict, active: Iterable[str], vocabulary: Iterable[str],
             close = difflib.get_close_matches(unknown[0], [*active, *vocabulary], n=1) if unknown else []
             hint = f" ({unknown[0]!r} is no level; did you mean {close[0]!r}?)" if close else ""
             return (f"limits.max_n_samples.{key} = {cap!r}{hint}; accepted: a dtype, an estimator, a "
-                    f"precision policy or a proposal ({', '.join(vocabulary)}), an outside estimator, or a "
+                    f"precision policy, a proposal or an engine ({', '.join(vocabulary)}), an outside "
+                    "estimator, or a "
                     f"model (a zoo name, an import path or a label of the grid: {', '.join(labels)}), or "
                     f"several joined by {JOIN!r} (the cells at all of them), mapped to a positive integer; "
                     "a key naming levels the grid lacks caps nothing")

@@ -114,9 +114,9 @@ class Run:
 
     @property
     def ok(self) -> pd.DataFrame:
-        """The measured cells (status ok) of the cast policy and the prior proposal: what the
-        report's figures, tables and findings read (:mod:`bench.report.sections.precision` and
-        :mod:`bench.report.sections.proposal` set the other levels beside them)."""
+        """The measured cells (status ok) of the cast policy, the prior proposal and the eager
+        engine: what the report's figures, tables and findings read (the modules of
+        :mod:`bench.report.sections` set the other levels beside them)."""
         return self.at()
 
     @staticmethod

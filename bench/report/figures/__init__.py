@@ -14,12 +14,13 @@ from __future__ import annotations
 
 from bench.report.figures import causes, errors
 from bench.report.plotkit import Plot
-from bench.report.sections import precision, proposal, theory
+from bench.report.sections import engine, precision, proposal, theory
 from bench.run.store import Run
 
 MAIN: tuple[Plot, ...] = (errors.UNDERFLOW, errors.BIAS, errors.VARIANCE, causes.LOGLIK, causes.THROUGHPUT,
                           errors.HEATMAP, causes.K2)
-FIGURES: tuple[Plot, ...] = (*MAIN, precision.SECTION.plot, theory.SECTION.plot, proposal.SECTION.plot)
+FIGURES: tuple[Plot, ...] = (*MAIN, precision.SECTION.plot, theory.SECTION.plot, proposal.SECTION.plot,
+                             engine.SECTION.plot)
 
 
 def listed(run: Run) -> list[Plot]:
