@@ -310,8 +310,8 @@ def test_markdown_fits_a_pull_request_comment():
 
 # ------------------------------------------------------------------ the rules, one by one
 
-CELL = dict(zip(AXES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu", "cast", "prior", "eager"),
-                strict=True))
+CELL = dict(zip(AXES, ("log_space", "float64", 100, "untrained-k2", "logits", "cpu", "cast", "prior",
+                      "eager"), strict=True))
 BASE = {"underflow_rate": 0.0, "underflow_ci_low": 0.0, "underflow_ci_high": 0.1379, "nonfinite_rate": 0.0,
         "bias": -0.05, "bias_se": 0.01, "rounding_error_mean": 0.0, "terms_per_s": 1e5}
 
