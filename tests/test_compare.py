@@ -296,7 +296,7 @@ def test_rounding_error_not_judged_without_raw_rows(runs, tmp_path):
 
 def test_markdown_fits_a_pull_request_comment():
     cells = [dict(zip(AXES,
-                      ("log_space", "float32", n, "untrained-k2", "logits", "cpu", "cast", "prior"),
+                      ("log_space", "float32", n, "untrained-k2", "logits", "cpu", "cast", "prior", "eager"),
                       strict=True))
              for n in range(1, 3001)]
     rows = [Change(c, "bias", -0.1, 0.9, 1.0, REGRESSION, "|change| > 4 x SE 0.01", 0.01) for c in cells]
