@@ -95,7 +95,8 @@ class RefLogSumExpState:
 class RefDiagnostics:
     """lvm.reductions.Diagnostics (then lvm.estimators._Diagnostics) before the fast path, verbatim."""
 
-    def __init__(self, B, device, dtype=torch.float64):
+    def __init__(self, B, device, dtype=torch.float64, engine="eager"):  # engine: added with issue 24
+        assert engine == "eager"
         self.zero = torch.zeros(B, dtype=torch.int64, device=device)
         self.nonfinite = torch.zeros(B, dtype=torch.int64, device=device)
         self.dtype = dtype

@@ -125,7 +125,8 @@ def test_outside_model_data_and_estimator_run_report_and_compare(pkg, tmp_path, 
     sd = meta["models"]["sd/probs"]
     assert sd["kind"] == "file" and len(sd["fingerprint"]) == 64
     bits = np.load(pkg / "digits.npz")["test"]
-    assert meta["dataset"]["sha256"] == lvm.data._sha256(bits) and meta["dataset"]["dim"] == 100
+    assert meta["dataset"]["sha256"] == lvm.data._sha256(bits[:6]) and meta["dataset"]["dim"] == 100
+    assert meta["dataset"]["n"] == len(bits)
     # the outside estimator draws lvm.draw's z: in float64 it is log_space up to summation order
     raw = load_run(out).raw  # raw.parquet, or raw.csv.gz without pyarrow
     f64 = raw[raw.dtype == "float64"].set_index(["estimator", "model", "parametrization", "n_samples",
