@@ -45,6 +45,14 @@ def check_engine(engine: object) -> str:
     return engine  # type: ignore[return-value]
 
 
+def require(engine: object, device: str | torch.device = "cpu") -> str:
+    """``engine`` checked (:func:`check_engine`); EngineUnavailable with the reason when it is
+    "compiled" and cannot run on ``device`` here (:func:`unavailable`)."""
+    if check_engine(engine) == "compiled" and (why := unavailable(device)):
+        raise EngineUnavailable(why)
+    return engine  # type: ignore[return-value]
+
+
 def unavailable(device: str | torch.device = "cpu") -> str | None:
     """Why the compiled engine cannot run on ``device`` here, or None when it can."""
     kind = torch.device(device).type

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from . import kernels
-from .engine import EngineUnavailable, check_engine, unavailable
+from .engine import require
 from .errors import InputError
 from .numerics import parse_dtype
 from .protocol import check_inputs
@@ -44,7 +44,7 @@ def log_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dtyp
     torch.compile (:mod:`lvm.engine`; :class:`lvm.engine.EngineUnavailable` where it cannot).
     """
     x, n, dt, dev = check_inputs(model, x, n_samples, dtype, device, chunk_size, seed)
-    engine = _engine(engine, dev)
+    engine = require(engine, dev)
     acc = parse_dtype(accumulate_dtype, argument="accumulate_dtype") if accumulate_dtype else dt
     chunk = chunk_size or kernels.default_chunk(None, proposal, len(x), x.shape[1])
     return kernels.log_space(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, acc=acc, proposal=proposal,
@@ -64,7 +64,7 @@ def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dty
     if form not in FORMS:
         raise InputError(f"form={form!r} is not supported; accepted: {', '.join(FORMS)}")
     x, n, dt, dev = check_inputs(model, x, n_samples, dtype, device, chunk_size, seed)
-    engine = _engine(engine, dev)
+    engine = require(engine, dev)
     if form == "product" and not hasattr(model, "pixel_probs"):
         raise InputError("form='product' needs a model with pixel_probs(x, z, dtype); "
                          "accepted for this model: form='exp'")
@@ -72,9 +72,3 @@ def prob_space(model, x: torch.Tensor, n_samples: int, *, dtype: str | torch.dty
     return kernels.prob_space(model, x, n, dt=dt, dev=dev, seed=seed, chunk=chunk, form=form,
                               proposal=proposal, engine=engine)
 
-
-def _engine(engine: object, dev: torch.device) -> str:
-    """``engine`` checked; EngineUnavailable (with the reason) when "compiled" cannot run on ``dev``."""
-    if check_engine(engine) == "compiled" and (why := unavailable(dev)):
-        raise EngineUnavailable(why)
-    return engine  # type: ignore[return-value]

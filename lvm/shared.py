@@ -29,7 +29,7 @@ import torch
 
 from . import kernels
 from .axes import AUTOCAST_DTYPES, PRECISIONS, PROPOSALS
-from .engine import EngineUnavailable, check_engine, unavailable
+from .engine import require
 from .errors import InputError
 from .estimators import FORMS, log_space, prob_space
 from .numerics import dtype_name, parse_dtype
@@ -163,11 +163,9 @@ def _route(model, x, n, specs: dict[str, dict], outputs: tuple, *, dtype, device
     if outside and proposal != "prior":
         raise InputError(f"proposal={proposal!r} with an outside estimator ({specs[outside[0]]['path']}): "
                          "it draws its own z; accepted: proposal='prior'")
-    if check_engine(engine) != "eager" and outside:
+    if require(engine, device) != "eager" and outside:
         raise InputError(f"engine={engine!r} with an outside estimator ({specs[outside[0]]['path']}): "
                          "it runs its own code; accepted: engine='eager'")
-    if engine == "compiled" and (why := unavailable(device)):
-        raise EngineUnavailable(why)
 
     def alone(name: str, o: str) -> Estimate:
         m = model.with_output(o) if views else model
